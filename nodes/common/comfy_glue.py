@@ -1,0 +1,88 @@
+"""ComfyUI-side helpers shared by every ``nodes.py``: folders, memory management, progress.
+
+This is glue, like the ``nodes.py`` files: it imports ``comfy`` and ``folder_paths`` and is only
+imported when the pack runs inside ComfyUI. Pure-torch modules never import it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+from .progress import Preview
+
+# ComfyUI models/<kind> folders the pack reads weights from.
+MODEL_FOLDERS = ("vqgan", "paella", "var", "infinity", "story")
+PACK_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
+
+
+def register_model_folders() -> None:
+    """Register models/<kind> for each kind, listing weight files only, plus the pack's bundled models.
+
+    A new name given to ``add_model_folder_path`` would list every file (empty extension set), so
+    we create the entry ourselves with ComfyUI's weight extensions; an entry that already exists
+    (from extra_model_paths.yaml) is extended, never overwritten.
+    """
+    for kind in MODEL_FOLDERS:
+        default = os.path.join(folder_paths.models_dir, kind)
+        if kind not in folder_paths.folder_names_and_paths:
+            folder_paths.folder_names_and_paths[kind] = ([default], set(folder_paths.supported_pt_extensions))
+        else:
+            paths, exts = folder_paths.folder_names_and_paths[kind]
+            if not exts:
+                exts.update(folder_paths.supported_pt_extensions)
+        bundled = os.path.join(PACK_MODELS_DIR, kind)
+        if os.path.isdir(bundled):
+            folder_paths.add_model_folder_path(kind, bundled)
+
+
+def model_files(kind: str) -> list[str]:
+    return folder_paths.get_filename_list(kind)
+
+
+def model_path(kind: str, name: str) -> str:
+    return folder_paths.get_full_path_or_raise(kind, name)
+
+
+def managed(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """Put a pure-torch network under ComfyUI's memory manager (offloaded until used)."""
+    module.eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def load_for_use(patcher: comfy.model_patcher.ModelPatcher, memory_required: int = 0) -> torch.nn.Module:
+    """Ask ComfyUI to place the model on its compute device; return the module to call."""
+    mm.load_models_gpu([patcher], memory_required=memory_required)
+    return patcher.model
+
+
+def compute_device() -> torch.device:
+    return mm.get_torch_device()
+
+
+def output_device() -> torch.device:
+    return mm.intermediate_device()
+
+
+def progress_reporter(total: int, preview_size: int = 512):
+    """A ``Progress`` callable backed by a ComfyUI ProgressBar; it raises on interrupt."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def report(done: int, total_now: int, preview: Preview = None) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        shown = None
+        if preview is not None:
+            image = preview()
+            if image is not None:
+                from PIL import Image
+                array = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+                shown = ("JPEG", Image.fromarray(array), preview_size)
+        bar.update_absolute(done, total_now, preview=shown)
+
+    return report
