@@ -1,0 +1,109 @@
+"""The character bank: identity tokens written by the identity pass, read by every panel (pure torch).
+
+An entry is the projected keys and values of the shared (randomly selected) tokens of all identity
+images of one character, for one (step, layer, cond/uncond kind): ``(k [M, C], v [M, C])``. Only
+entries that a panel will actually read are stored (steps and layer calls where CSA applies), and
+they live on the offload device between uses (CPU RAM by default). The bank's size therefore
+depends on the characters, identity images, steps, layers and sharing rates, never on the number of
+panels that read it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from ..common.errors import BoundlessError
+
+EntryKey = tuple[str, int, int, int]          # (character, step, layer, kind)
+
+
+def same_schedule(a: Sequence[float], b: Sequence[float]) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6) for x, y in zip(a, b))
+
+
+class CharacterBank:
+    """Shared state between the identity pass and the panel passes of one story.
+
+    ComfyUI deep-copies a model's patch options whenever the model is cloned (e.g. a LoRA or another
+    patch node after ours); the bank must stay one object across those copies, so deep copies return
+    the bank itself.
+    """
+
+    def __init__(self, offload_device: torch.device | str = "cpu"):
+        self.offload_device = torch.device(offload_device)
+        self.entries: dict[EntryKey, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.images: dict[str, int] = {}                        # character -> identity images
+        self.schedules: dict[str, tuple[float, ...]] = {}       # character -> its identity pass's sigmas
+        self._runs: dict[str, tuple] = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    # ------------------------------------------------------------------ writing
+    def begin_write(self, character: str, run: tuple, schedule: Sequence[float], images: int) -> None:
+        """Called by every identity-pass layer call. A new run for a character (other schedule, size or
+        identity images) drops that character's old entries; other characters are kept, so characters
+        may also be written by separate identity passes."""
+        if self._runs.get(character) == run:
+            return
+        for key in [key for key in self.entries if key[0] == character]:
+            del self.entries[key]
+        self._runs[character] = run
+        self.schedules[character] = tuple(float(s) for s in schedule)
+        self.images[character] = images
+
+    def put(self, character: str, step: int, layer: int, kind: int, k_mc: torch.Tensor, v_mc: torch.Tensor) -> None:
+        self.entries[(character, step, layer, kind)] = (k_mc.to(self.offload_device), v_mc.to(self.offload_device))
+
+    # ------------------------------------------------------------------ reading
+    def check_readable(self, schedule: Sequence[float], characters: Sequence[str]) -> None:
+        """Raise a clear error when panels cannot read this bank with this sampling schedule."""
+        if not self.images:
+            raise BoundlessError(
+                "The character bank is empty: sample the identity images first with the MODEL from "
+                "'Consistent Self-Attention', and feed that sampler's LATENT into 'Read Character Bank' "
+                "so it runs before the panels.")
+        missing = [c for c in characters if c not in self.images]
+        if missing:
+            raise BoundlessError(
+                f"The character bank has no identity images of {', '.join(missing)} (it holds "
+                f"{', '.join(self.images)}); give every character identity lines in the story.")
+        for character in characters:
+            written = self.schedules[character]
+            if not same_schedule(written, schedule):
+                raise BoundlessError(
+                    f"The panels are sampled with a different schedule ({len(schedule) - 1} steps, first sigma "
+                    f"{float(schedule[0]):.4g}) than the identity images of {character} ({len(written) - 1} "
+                    f"steps, first sigma {written[0]:.4g}). Use the same steps, scheduler and denoise for both "
+                    "samplers.")
+
+    def get(self, characters: Sequence[str], step: int, layer: int, kind: int
+            ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Bank tokens of ``characters`` (in that order) for one (step, layer, kind), or None."""
+        found = [self.entries[(c, step, layer, kind)] for c in characters if (c, step, layer, kind) in self.entries]
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+        return torch.cat([k for k, _ in found]), torch.cat([v for _, v in found])
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.entries.values())
+
+    def describe(self) -> str:
+        """One line for the user: what the bank holds and how much memory it takes where."""
+        if not self.images:
+            return "character bank: empty (the identity pass has not run)"
+        steps = {key[1] for key in self.entries}
+        layers = {key[2] for key in self.entries}
+        dtypes = sorted({str(k.dtype).replace("torch.", "") for k, _ in self.entries.values()})
+        people = ", ".join(f"{name} ({count} identity image{'s' if count != 1 else ''})"
+                           for name, count in self.images.items())
+        total_steps = max(len(schedule) - 1 for schedule in self.schedules.values())
+        return (f"character bank: {people}; {len(self.entries)} entries over {len(steps)} of "
+                f"{total_steps} steps and {len(layers)} layers; "
+                f"{self.nbytes / 2**20:.1f} MiB {'/'.join(dtypes) or ''} on {self.offload_device}")
