@@ -20,7 +20,8 @@ import traceback
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "scripts")]   # conformance_ops, packpath
 import conformance_ops  # noqa: E402  (tests/ is on sys.path for the runner and for pytest)
 
 

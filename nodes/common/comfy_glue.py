@@ -66,6 +66,11 @@ def compute_device() -> torch.device:
     return mm.get_torch_device()
 
 
+def free_memory() -> int:
+    """Bytes free on the compute device (RAM when running on CPU)."""
+    return int(mm.get_free_memory(mm.get_torch_device()))
+
+
 def output_device() -> torch.device:
     return mm.intermediate_device()
 

@@ -24,7 +24,9 @@ Shape = Sequence[int]
 
 
 def looks_like_vqgan(shapes: Mapping[str, Shape]) -> bool:
-    return all(k in shapes for k in REQUIRED_KEYS) and not any(k.startswith("quantize.proj") for k in shapes)
+    """Taming keys present, and none of the look-alikes (Gumbel VQGAN, VAR's multi-scale VQVAE)."""
+    return (all(k in shapes for k in REQUIRED_KEYS)
+            and not any(k.startswith(("quantize.proj", "quantize.quant_resi")) for k in shapes))
 
 
 def _describe(shapes: Mapping[str, Shape]) -> str:
@@ -43,6 +45,16 @@ def _describe(shapes: Mapping[str, Shape]) -> str:
 
 def infer_config(shapes: Mapping[str, Shape]) -> VQGANConfig:
     """Read the VQGAN architecture from a {key: shape} map (works for tensors or plain shapes)."""
+    try:
+        return _infer_config(shapes)
+    except (KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
+        if isinstance(exc, BoundlessError):
+            raise
+        raise BoundlessError(f"VQGAN checkpoint is incomplete or damaged ({type(exc).__name__}: {exc}); "
+                             "re-download it") from exc
+
+
+def _infer_config(shapes: Mapping[str, Shape]) -> VQGANConfig:
     if not looks_like_vqgan(shapes):
         raise BoundlessError(f"not a taming VQGAN checkpoint: it looks like {_describe(shapes)}")
     ch, in_channels = shapes["encoder.conv_in.weight"][:2]

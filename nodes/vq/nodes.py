@@ -1,0 +1,93 @@
+"""ComfyUI nodes for the taming VQGAN tokenizer: load, IMAGE -> TOKENS, TOKENS -> IMAGE."""
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+
+from ..common import comfy_glue, sockets
+from ..common.images import image_to_model, model_to_image
+from ..common.tokens import Tokens, fingerprint
+from .loader import KIND, load_vqgan
+from .tiling import SIZE_POLICIES, check_fits, decode_tiled, encode_tiled, fit_to_factor
+
+TILE_TOOLTIP = ("0 = one pass over the whole image (exactly what the original VQGAN computes). "
+                "Otherwise the canvas is processed in tiles of this many pixels, each with "
+                "'tile_margin' pixels of real neighbouring context, so memory stays bounded on huge canvases.")
+
+
+class VQGANLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessVQGANLoader", display_name="VQGAN Loader", category="Boundless/vq",
+            description="Load a taming-transformers / latent-diffusion VQGAN (.safetensors or Lightning .ckpt) "
+                        "from models/vqgan. The architecture is read from the file.",
+            inputs=[io.Combo.Input("vqgan_name", options=comfy_glue.model_files("vqgan"),
+                                   tooltip="Weight file in models/vqgan (taming vqgan_imagenet_f16_16384, "
+                                           "latent-diffusion vq-f4/f8/f16, or the pack's demo model).")],
+            outputs=[sockets.VQGANModel.Output(display_name="vqgan")])
+
+    @classmethod
+    def execute(cls, vqgan_name) -> io.NodeOutput:
+        model = load_vqgan(comfy_glue.model_path("vqgan", vqgan_name))
+        return io.NodeOutput(comfy_glue.managed(model))
+
+
+class VQGANEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessVQGANEncode", display_name="VQGAN Encode", category="Boundless/vq",
+            description="Turn an image into discrete VQGAN tokens (one token per f x f pixels).",
+            inputs=[sockets.VQGANModel.Input("vqgan", tooltip="Tokenizer from VQGAN Loader."),
+                    io.Image.Input("image", tooltip="Image batch to tokenize."),
+                    io.Combo.Input("size_policy", options=list(SIZE_POLICIES), default="pad",
+                                   tooltip="For sizes that are not a multiple of the factor: 'pad' replicates "
+                                           "the right/bottom edge up to the next multiple, 'crop' drops the "
+                                           "remainder, 'error' refuses."),
+                    io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, tooltip=TILE_TOOLTIP),
+                    io.Int.Input("tile_margin", default=64, min=0, max=1024, step=16,
+                                 tooltip="Context pixels around each tile (multiple of the factor).")],
+            outputs=[sockets.Tokens.Output(display_name="tokens")])
+
+    @classmethod
+    def execute(cls, vqgan, image, size_policy, tile_size, tile_margin) -> io.NodeOutput:
+        model = comfy_glue.load_for_use(vqgan)
+        batch, height, width, _ = image.shape
+        check_fits(model.config, batch, height, width, comfy_glue.free_memory(), tile_size, tile_margin)
+        device = comfy_glue.compute_device()
+        x_bchw = fit_to_factor(image_to_model(image), model.factor, size_policy).to(device)
+        indices_bhw = encode_tiled(model, x_bchw, tile_size, tile_margin,
+                                   progress=comfy_glue.progress_reporter(1))
+        tokens = Tokens(scales=(indices_bhw.to(comfy_glue.output_device()),),
+                        tokenizer=fingerprint(KIND, model.quantize.embedding.weight), factor=model.factor)
+        return io.NodeOutput(tokens)
+
+
+class VQGANDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessVQGANDecode", display_name="VQGAN Decode", category="Boundless/vq",
+            description="Turn VQGAN tokens back into an image.",
+            inputs=[sockets.VQGANModel.Input("vqgan", tooltip="The tokenizer that made the tokens."),
+                    sockets.Tokens.Input("tokens", tooltip="Tokens from VQGAN Encode or a generator node."),
+                    io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, tooltip=TILE_TOOLTIP),
+                    io.Int.Input("tile_margin", default=64, min=0, max=1024, step=16,
+                                 tooltip="Context pixels around each tile (multiple of the factor).")],
+            outputs=[io.Image.Output(display_name="image")])
+
+    @classmethod
+    def execute(cls, vqgan, tokens, tile_size, tile_margin) -> io.NodeOutput:
+        model = comfy_glue.load_for_use(vqgan)
+        tokens.require(fingerprint(KIND, model.quantize.embedding.weight), "VQGAN Decode")
+        height, width = tokens.pixel_size
+        check_fits(model.config, tokens.batch, height, width, comfy_glue.free_memory(), tile_size, tile_margin)
+        device = comfy_glue.compute_device()
+        x_bchw = decode_tiled(model, tokens.indices.to(device), tile_size, tile_margin,
+                              progress=comfy_glue.progress_reporter(1), out_device=comfy_glue.output_device())
+        return io.NodeOutput(model_to_image(x_bchw))
+
+
+NODES = [VQGANLoader, VQGANEncode, VQGANDecode]

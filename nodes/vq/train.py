@@ -1,0 +1,184 @@
+"""Train a small taming-layout VQGAN on a folder of images (pure torch, CPU friendly).
+
+The result loads with ``loader.load_vqgan`` like any released taming checkpoint. Training differs
+from taming's (no perceptual/GAN loss: VGG weights and a discriminator are out of reach on CPU) but
+the inference model is the same architecture and key layout:
+
+* reconstruction loss: L1 + MSE on random crops (random scale, horizontal flips);
+* codebook: exponential-moving-average updates with dead-code restarts from the batch latents,
+  which keeps every code in use (a plain learned codebook collapses to a handful of codes);
+* commitment loss beta * ||z - sg(e)||^2 with straight-through gradients.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from .vqgan import VQGAN, VQGANConfig
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def load_images(paths: list[pathlib.Path], max_side: int) -> list[torch.Tensor]:
+    """Images as [3,H,W] float tensors in [-1,1], downscaled so the longer side is <= max_side."""
+    images = []
+    for path in paths:
+        img = Image.open(path).convert("RGB")
+        scale = min(1.0, max_side / max(img.size))
+        if scale < 1.0:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+        images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+    return images
+
+
+class CropSampler:
+    """Random crops at random scales (1x to 1/max_down) with horizontal flips."""
+
+    def __init__(self, images: list[torch.Tensor], crop: int, max_down: float, seed: int):
+        self.images, self.crop, self.max_down = images, crop, max_down
+        self.rng = random.Random(seed)
+
+    def one(self) -> torch.Tensor:
+        img = self.rng.choice(self.images)
+        _, h, w = img.shape
+        down = self.rng.uniform(1.0, self.max_down)
+        side = min(h, w, int(self.crop * down))
+        y, x = self.rng.randrange(h - side + 1), self.rng.randrange(w - side + 1)
+        patch = img[:, y:y + side, x:x + side].unsqueeze(0)
+        if side != self.crop:
+            patch = F.interpolate(patch, size=(self.crop, self.crop), mode="area")
+        if self.rng.random() < 0.5:
+            patch = patch.flip(-1)
+        return patch[0]
+
+    def batch(self, n: int) -> torch.Tensor:
+        return torch.stack([self.one() for _ in range(n)])
+
+
+class EMACodebook:
+    """EMA k-means updates of the model's codebook, restarting codes unused for a while."""
+
+    def __init__(self, model: VQGAN, decay: float = 0.99, restart_after: int = 50):
+        weight = model.quantize.embedding.weight
+        self.weight, self.decay, self.restart_after = weight, decay, restart_after
+        self.cluster_size = torch.ones(weight.shape[0])
+        self.embed_sum = weight.detach().clone()
+        self.idle_steps = torch.zeros(weight.shape[0], dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, z_nc: torch.Tensor, idx_n: torch.Tensor) -> None:
+        k = self.weight.shape[0]
+        onehot_nk = F.one_hot(idx_n, k).type_as(z_nc)
+        counts_k = onehot_nk.sum(0)
+        self.cluster_size.mul_(self.decay).add_(counts_k, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(onehot_nk.t() @ z_nc, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + 1e-5) / (n + k * 1e-5) * n
+        self.weight.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        self.idle_steps = torch.where(counts_k > 0, torch.zeros_like(self.idle_steps), self.idle_steps + 1)
+        dead = (self.idle_steps >= self.restart_after).nonzero().flatten()
+        if len(dead):
+            picks = z_nc[torch.randint(len(z_nc), (len(dead),))]
+            self.weight[dead] = picks
+            self.embed_sum[dead] = picks
+            self.cluster_size[dead] = 1.0
+            self.idle_steps[dead] = 0
+
+
+def train_step(model: VQGAN, codebook: EMACodebook, opt: torch.optim.Optimizer, x_bchw: torch.Tensor,
+               beta: float = 0.25) -> dict:
+    z_bchw = model.quant_conv(model.encoder(x_bchw))
+    idx_bhw = model.quantize.indices(z_bchw.detach())
+    e_bchw = model.quantize.lookup(idx_bhw).detach()
+    z_q = z_bchw + (e_bchw - z_bchw).detach()            # straight-through estimator
+    recon = model.decode(z_q)
+    rec_loss = (recon - x_bchw).abs().mean() + F.mse_loss(recon, x_bchw)
+    commit = F.mse_loss(z_bchw, e_bchw)
+    loss = rec_loss + beta * commit
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    codebook.update(z_bchw.detach().permute(0, 2, 3, 1).reshape(-1, z_bchw.shape[1]), idx_bhw.flatten())
+    used = int(torch.unique(idx_bhw).numel())
+    return {"loss": float(loss.detach()), "rec": float(rec_loss.detach()), "commit": float(commit.detach()),
+            "codes_used": used}
+
+
+def init_codebook_from_data(model: VQGAN, sampler: CropSampler, batch: int) -> None:
+    """Seed the codebook with encoder outputs so training starts with every code near real latents."""
+    with torch.no_grad():
+        z = torch.cat([model.quant_conv(model.encoder(sampler.batch(batch))) for _ in range(4)])
+        z_nc = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        k = model.quantize.embedding.weight.shape[0]
+        picks = z_nc[torch.randint(len(z_nc), (k,))] + 0.01 * torch.randn(k, z_nc.shape[1])
+        model.quantize.embedding.weight.copy_(picks)
+
+
+def save_vqgan(model: VQGAN, path: pathlib.Path, metadata: dict) -> None:
+    """Save in the taming key layout; fp16 halves the shipped size (the loader casts back)."""
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={k: json.dumps(v) if not isinstance(v, str) else v
+                                          for k, v in metadata.items()})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Train a small taming-layout VQGAN on images.")
+    p.add_argument("images", nargs="+", type=pathlib.Path, help="image files or folders")
+    p.add_argument("--out", type=pathlib.Path, required=True)
+    p.add_argument("--ch", type=int, default=32)
+    p.add_argument("--ch-mult", default="1,1,2,2,2")
+    p.add_argument("--z-channels", type=int, default=64)
+    p.add_argument("--embed-dim", type=int, default=8)
+    p.add_argument("--n-embed", type=int, default=512)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--max-side", type=int, default=2048, help="downscale images so the long side fits")
+    p.add_argument("--max-down", type=float, default=4.0, help="random crop scale range 1..max_down")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=100000)
+    p.add_argument("--minutes", type=float, default=20.0, help="stop after this much wall time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    files = sorted(f for src in args.images for f in ([src] if src.is_file() else src.rglob("*"))
+                   if f.suffix.lower() in IMAGE_SUFFIXES)
+    sampler = CropSampler(load_images(files, args.max_side), args.crop, args.max_down, args.seed)
+    levels = tuple(int(m) for m in args.ch_mult.split(","))
+    cfg = VQGANConfig(ch=args.ch, ch_mult=levels, num_res_blocks=1, attn_levels=(len(levels) - 1,),
+                      z_channels=args.z_channels, embed_dim=args.embed_dim, n_embed=args.n_embed)
+    model = VQGAN(cfg).train()
+    init_codebook_from_data(model, sampler, args.batch)
+    codebook = EMACodebook(model)
+    params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
+    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    start = time.time()
+    step = 0
+    while step < args.steps and time.time() - start < args.minutes * 60:
+        stats = train_step(model, codebook, opt, sampler.batch(args.batch))
+        sched.step()
+        step += 1
+        if step % 50 == 0 or step == 1:
+            print(json.dumps({"step": step, "min": round((time.time() - start) / 60, 2), **stats}), flush=True)
+    model.eval()
+    save_vqgan(model, args.out, {"format": "taming.vqgan", "steps": step, "files": [f.name for f in files],
+                                 "config": vars(args) | {"images": [str(s) for s in args.images],
+                                                         "out": str(args.out)}})
+    print(f"saved {args.out} after {step} steps")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Unit tests of the VQGAN tokenizer modules (no ComfyUI needed)."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from packpath import pack_module
+from vq_tiny import tiny_vqgan
+
+loader = pack_module("nodes.vq.loader")
+tiling = pack_module("nodes.vq.tiling")
+BoundlessError = pack_module("nodes.common.errors").BoundlessError
+
+
+def _save(model, path):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def test_roundtrip_through_file_keeps_config_and_numbers(tmp_path):
+    model = tiny_vqgan(seed=3)
+    _save(model, tmp_path / "m.safetensors")
+    loaded = loader.load_vqgan(str(tmp_path / "m.safetensors"))
+    assert loaded.config == model.config
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_indices(x), model.encode_indices(x))
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+def test_indices_are_row_major_and_decode_shape(tmp_path):
+    model = tiny_vqgan()
+    x = torch.rand(1, 3, 32, 64) * 2 - 1
+    with torch.no_grad():
+        z_q, idx, z = model.encode(x)
+        assert idx.shape == (1, 16, 32) and idx.dtype == torch.int64
+        # brute-force nearest code at one position, row 5 column 7
+        d = ((z[0, :, 5, 7][None] - model.quantize.embedding.weight) ** 2).sum(1)
+        assert int(d.argmin()) == int(idx[0, 5, 7])
+        assert model.decode_indices(idx).shape == (1, 3, 32, 64)
+
+
+def test_lightning_checkpoint_drops_loss_keys(tmp_path):
+    model = tiny_vqgan()
+    # (the fixture set's Lightning file covers the allow-listed callback class key)
+    ckpt = {"epoch": 3, "pytorch-lightning_version": "1.0.8", "optimizer_states": [{"step": 2}],
+            "state_dict": {**model.state_dict(), "loss.discriminator.main.0.weight": torch.zeros(2)}}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    loaded = loader.load_vqgan(str(tmp_path / "last.ckpt"))
+    assert torch.equal(loaded.quantize.embedding.weight, model.quantize.embedding.weight)
+
+
+class Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_arbitrary_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.ckpt", "wb") as f:
+        torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Evil()}, f)
+    with pytest.raises(BoundlessError, match="never unpickles arbitrary code"):
+        loader.load_vqgan(str(tmp_path / "evil.ckpt"))
+    assert not (tmp_path / "PWNED").exists()
+    with open(tmp_path / "raw.pt", "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(BoundlessError):
+        loader.load_vqgan(str(tmp_path / "raw.pt"))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage" * 20)
+    with pytest.raises(BoundlessError, match="not a readable .safetensors"):
+        loader.load_vqgan(str(tmp_path / "bad.safetensors"))
+    model = tiny_vqgan()
+    torch.save(model.state_dict(), tmp_path / "full.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "full.pt").read_bytes()[:5000])
+    with pytest.raises(BoundlessError, match="truncated or corrupt"):
+        loader.load_vqgan(str(tmp_path / "cut.pt"))
+    save_file({"quantize.quant_resi.qresi_ls.0.weight": torch.zeros(2), **{
+        k: torch.zeros(2) for k in loader.REQUIRED_KEYS}}, str(tmp_path / "var.safetensors"))
+    save_file({k: torch.zeros(2) for k in loader.REQUIRED_KEYS}, str(tmp_path / "flat.safetensors"))
+    with pytest.raises(BoundlessError, match="incomplete or damaged"):
+        loader.load_vqgan(str(tmp_path / "flat.safetensors"))
+    with pytest.raises(BoundlessError, match="VAR multi-scale VQVAE"):
+        loader.load_vqgan(str(tmp_path / "var.safetensors"))
+    sd = dict(model.state_dict())
+    sd.pop("decoder.norm_out.bias")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(BoundlessError, match="missing decoder.norm_out.bias"):
+        loader.load_vqgan(str(tmp_path / "missing.safetensors"))
+    with pytest.raises(BoundlessError, match="not found"):
+        loader.load_vqgan(str(tmp_path / "nope.safetensors"))
+
+
+@pytest.mark.parametrize("policy,expected", [("pad", (48, 64)), ("crop", (32, 48))])
+def test_size_policy(policy, expected):
+    x = torch.rand(1, 3, 40, 50)
+    out = tiling.fit_to_factor(x, 16, policy)
+    assert tuple(out.shape[-2:]) == expected
+    assert torch.equal(out[:, :, :32, :48], x[:, :, :32, :48])   # no pixel moves
+    if policy == "pad":
+        assert torch.equal(out[:, :, 45, 60], x[:, :, 39, 49])    # replicated edge
+
+
+def test_size_policy_errors():
+    with pytest.raises(BoundlessError, match="not a multiple"):
+        tiling.fit_to_factor(torch.rand(1, 3, 40, 50), 16, "error")
+    with pytest.raises(BoundlessError, match="larger than"):
+        tiling.fit_to_factor(torch.empty(1, 3, 16, tiling.MAX_SIDE + 16, device="meta"), 16, "pad")
+
+
+def test_tiling_equals_single_pass_when_one_tile_and_covers_canvas():
+    model = tiny_vqgan()
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        whole = model.encode_indices(x)
+        assert torch.equal(tiling.encode_tiled(model, x, tile_px=128), whole)
+        steps = []
+        tiled = tiling.encode_tiled(model, x, tile_px=32, margin_px=16,
+                                    progress=lambda d, t, p=None: steps.append((d, t)))
+        assert tiled.shape == whole.shape and steps[-1] == (6, 6)
+        # tiles with a margin as large as the canvas see all context: identical to one pass
+        assert torch.equal(tiling.encode_tiled(model, x, tile_px=32, margin_px=96), whole)
+        img = tiling.decode_tiled(model, whole, tile_px=32, margin_px=96)
+        assert torch.allclose(img, model.decode_indices(whole), atol=1e-5)
+        assert tiling.decode_tiled(model, whole, tile_px=32, margin_px=0).shape == (1, 3, 64, 96)
+
+
+def test_memory_check_refuses_absurd_single_pass_and_suggests_tiles():
+    cfg = tiny_vqgan().config
+    tiling.check_fits(cfg, 1, 256, 256, 4 << 30, 0, 64)
+    with pytest.raises(BoundlessError, match="set tile_size to"):
+        tiling.check_fits(cfg, 1, 16384, 16384, 8 << 30, 0, 64)
+    tiling.check_fits(cfg, 1, 16384, 16384, 8 << 30, 128, 64)   # tiles bound the memory

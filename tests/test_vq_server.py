@@ -1,0 +1,78 @@
+"""VQGAN nodes through the real server: round-trip quality, size policy, and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import PromptError
+from conftest import WORKFLOW_INPUTS, WORKFLOWS
+from vq_tiny import CORRUPT_NAME, TINY_NAME, WRONG_KIND_NAME
+
+pytestmark = pytest.mark.server
+DEMO = "boundless_demo_f16.safetensors"
+
+
+def roundtrip_graph(vqgan: str, image_node: dict, policy: str = "pad", tile: int = 0) -> dict:
+    return {
+        "1": image_node,
+        "2": {"class_type": "BoundlessVQGANLoader", "inputs": {"vqgan_name": vqgan}},
+        "3": {"class_type": "BoundlessVQGANEncode",
+              "inputs": {"vqgan": ["2", 0], "image": ["1", 0], "size_policy": policy, "tile_size": tile,
+                         "tile_margin": 64}},
+        "4": {"class_type": "BoundlessVQGANDecode",
+              "inputs": {"vqgan": ["2", 0], "tokens": ["3", 0], "tile_size": tile, "tile_margin": 64}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+
+
+def load(name):
+    return {"class_type": "LoadImage", "inputs": {"image": name}}
+
+
+def empty(width, height):
+    return {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0}}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse)
+
+
+def test_roundtrip_workflow_reconstructs_the_input(comfy):
+    ui = json.loads((WORKFLOWS / "vqgan_roundtrip.json").read_text())
+    outputs = comfy.run_workflow(ui)
+    [out] = comfy.images(outputs, 5)
+    src = Image.open(WORKFLOW_INPUTS / "boundless_shore.png").convert("RGB")
+    assert out.size == src.size
+    assert psnr(np.asarray(out.convert("RGB")), np.asarray(src)) > 20.0
+
+
+def test_tiled_roundtrip_matches_single_pass(comfy):
+    whole = comfy.images(comfy.run(roundtrip_graph(DEMO, load("boundless_shore.png"))), 5)[0]
+    tiled = comfy.images(comfy.run(roundtrip_graph(DEMO, load("boundless_shore.png"), tile=128)), 5)[0]
+    assert tiled.size == whole.size
+    assert psnr(np.asarray(tiled), np.asarray(whole)) > 25.0
+
+
+@pytest.mark.parametrize("policy,size", [("pad", (112, 48)), ("crop", (96, 32))])
+def test_odd_sizes_follow_the_policy(comfy, policy, size):
+    outputs = comfy.run(roundtrip_graph(TINY_NAME, empty(100, 40), policy))
+    assert comfy.images(outputs, 5)[0].size == size
+
+
+def test_bad_input_gives_clear_errors_and_server_keeps_serving(comfy):
+    cases = [
+        (roundtrip_graph(CORRUPT_NAME, empty(64, 64)), "not a readable .safetensors"),
+        (roundtrip_graph(WRONG_KIND_NAME, empty(64, 64)), "not a taming VQGAN checkpoint"),
+        (roundtrip_graph(TINY_NAME, empty(100, 40), "error"), "not a multiple of the tokenizer's factor"),
+        (roundtrip_graph(TINY_NAME, empty(8192, 8192)), "set tile_size"),
+    ]
+    for graph, message in cases:
+        with pytest.raises(PromptError, match=message):
+            comfy.run(graph)
+    # the server still serves the next prompt
+    outputs = comfy.run(roundtrip_graph(TINY_NAME, empty(64, 32)))
+    assert comfy.images(outputs, 5)[0].size == (64, 32)
