@@ -1,0 +1,103 @@
+"""Save and load NUWA-Infinity token decoders (safetensors; config from keys and shapes).
+
+The loader never trusts a side config: depth is the number of ``blocks.N`` entries, widths come
+from weight shapes, and the three integers shapes cannot express (patch shape, trained extents,
+head count) are int64 buffers inside the weights, cross-checked against the shapes they imply.
+Optional safetensors metadata carries the tokenizer fingerprint and pixels per token.
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping, Optional
+
+import torch
+
+from ..common.errors import BoundlessError
+from ..common.weights import load_state_dict, strict_load
+from .config import Extents, InfinityConfig
+from .model import InfinityTransformer
+
+KIND = "boundless.infinity"
+
+
+def _shape(shapes: Mapping[str, tuple[int, ...]], key: str, what: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise BoundlessError(f"not a NUWA-Infinity checkpoint: {key} is missing ({what}); "
+                             "load a file saved by the Boundless Infinity trainer")
+    return tuple(shapes[key])
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor]) -> InfinityConfig:
+    """Rebuild the config from tensor shapes plus the model's integer buffers."""
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    n_embed, dim = _shape(shapes, "tok_emb.weight", "token embedding")
+    positions = _shape(shapes, "pos_emb", "position table")[0]
+    n_orders = _shape(shapes, "order_emb", "order table")[0]
+    depth = len({int(m.group(1)) for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if depth == 0:
+        raise BoundlessError("not a NUWA-Infinity checkpoint: no transformer blocks found")
+    mlp_dim = _shape(shapes, "blocks.0.mlp.fc1.weight", "MLP")[0]
+    text_dim = shapes["blocks.0.cross.kv.weight"][1] if "blocks.0.cross.kv.weight" in shapes else 0
+    for key in ("patch_shape", "trained_extents", "num_heads"):
+        _shape(shapes, key, "model geometry buffer")
+    patch_h, patch_w = (int(x) for x in state_dict["patch_shape"].tolist())
+    extents = Extents(*(int(x) for x in state_dict["trained_extents"].tolist()))
+    heads = int(state_dict["num_heads"])
+    if patch_h * patch_w + 1 != positions:
+        raise BoundlessError(f"checkpoint is inconsistent: patch {patch_h}×{patch_w} needs {patch_h * patch_w + 1} "
+                             f"positions but the position table has {positions}; the file is corrupt")
+    cells = _shape(shapes, "blocks.0.attn.rel_k", "relative position table")[0]
+    if cells != extents.cells:
+        raise BoundlessError(f"checkpoint is inconsistent: trained extents {extents.as_tuple()} need "
+                             f"{extents.cells} relative positions but the table has {cells}; the file is corrupt")
+    return InfinityConfig(n_embed=n_embed, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, patch_h=patch_h,
+                          patch_w=patch_w, trained_extents=extents, text_dim=text_dim, n_orders=n_orders)
+
+
+def build_model(cfg: InfinityConfig, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+                what: str = "NUWA-Infinity checkpoint") -> InfinityTransformer:
+    model = InfinityTransformer(cfg)
+    if state_dict is not None:
+        strict_load(model, state_dict, what)
+    return model.eval()
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The safetensors header metadata ({} for other formats or none)."""
+    if not path.endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+    with safe_open(path, framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def load_infinity(path: str) -> InfinityTransformer:
+    """Load a checkpoint; the model's config comes from the weights themselves (CPU, float32)."""
+    state_dict = load_state_dict(path)
+    model = build_model(infer_config(state_dict), state_dict, what=f"NUWA-Infinity checkpoint {path}")
+    meta = read_metadata(path)
+    if "config" in meta:
+        try:
+            stored = InfinityConfig.from_json(meta["config"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BoundlessError(f"{path}: the config in the metadata is unreadable ({exc}); re-save the "
+                                 "checkpoint") from exc
+        if stored != model.config:
+            raise BoundlessError(f"{path}: the config in the metadata ({stored}) disagrees with the weights "
+                                 f"({model.config}); the file was edited or is corrupt")
+    model.tokenizer = meta.get("tokenizer", "")
+    try:
+        model.factor = int(meta.get("factor", 0))
+    except ValueError as exc:
+        raise BoundlessError(f"{path}: metadata 'factor' is not an integer; re-save the checkpoint") from exc
+    return model
+
+
+def save_infinity(model: InfinityTransformer, path: str, extra: Optional[Mapping[str, str]] = None) -> None:
+    """Write weights + buffers as safetensors, with kind, config, tokenizer and factor as metadata."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"kind": KIND, "config": model.config.to_json(), "tokenizer": model.tokenizer,
+            "factor": str(model.factor)}
+    meta.update(extra or {})
+    save_file(tensors, path, metadata=meta)

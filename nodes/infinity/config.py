@@ -1,0 +1,101 @@
+"""Sizes of a NUWA-Infinity token decoder and of its Nearby Context Pool window.
+
+Everything the checkpoint loader needs to rebuild a model is either a tensor shape or one of the
+three small integer buffers the model stores (``patch_shape``, ``trained_extents``, ``num_heads``),
+so a safetensors file alone is enough to load it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..common.errors import BoundlessError
+
+
+@dataclasses.dataclass(frozen=True)
+class Extents:
+    """NCP window of a patch, in patches: columns ±w, rows ±h, and up to f frames back.
+
+    Frames only look back (a frame never conditions on a later one), so the window of relative
+    offsets holds (2w+1)(2h+1)(f+1) cells, the current patch included: 18 for (1, 1, 1).
+    """
+
+    w: int = 1
+    h: int = 1
+    f: int = 1
+
+    def __post_init__(self):
+        for name in ("w", "h", "f"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BoundlessError(f"extent e_{name} must be a non-negative integer, got {value!r}")
+
+    @property
+    def cells(self) -> int:
+        """Number of relative offsets (dw, dh, df) in the window, the current patch included."""
+        return (2 * self.w + 1) * (2 * self.h + 1) * (self.f + 1)
+
+    def fits_in(self, trained: "Extents") -> bool:
+        return self.w <= trained.w and self.h <= trained.h and self.f <= trained.f
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.w, self.h, self.f)
+
+    def require_within(self, trained: "Extents") -> None:
+        if not self.fits_in(trained):
+            raise BoundlessError(
+                f"extents (e_w={self.w}, e_h={self.h}, e_f={self.f}) exceed what this model was trained "
+                f"for (e_w={trained.w}, e_h={trained.h}, e_f={trained.f}); use extents no larger than "
+                "the trained ones (the model has no position embedding for farther patches)")
+
+
+# Index of each training order in the model's order embedding table (see adc.ORDERS).
+N_ORDERS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class InfinityConfig:
+    """Hyper-parameters of the patch-level token decoder.
+
+    n_embed: VQGAN codebook size (vocabulary). patch_h/patch_w: tokens per patch side.
+    trained_extents: largest NCP window the model learned relative embeddings for.
+    text_dim: width of the text context for cross-attention; 0 means no text branch.
+    """
+
+    n_embed: int = 16384
+    dim: int = 1024
+    depth: int = 24
+    heads: int = 16
+    mlp_dim: int = 4096
+    patch_h: int = 16
+    patch_w: int = 16
+    trained_extents: Extents = Extents(1, 1, 1)
+    text_dim: int = 0
+    n_orders: int = N_ORDERS
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise BoundlessError(f"model width {self.dim} is not divisible by {self.heads} heads; "
+                                 "pick a head count that divides the width")
+        for name in ("n_embed", "dim", "depth", "heads", "mlp_dim", "patch_h", "patch_w"):
+            if getattr(self, name) < 1:
+                raise BoundlessError(f"config {name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def tokens_per_patch(self) -> int:
+        return self.patch_h * self.patch_w
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["trained_extents"] = list(self.trained_extents.as_tuple())
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "InfinityConfig":
+        data = json.loads(text)
+        data["trained_extents"] = Extents(*data["trained_extents"])
+        return cls(**data)

@@ -1,0 +1,310 @@
+"""The local token decoder of NUWA-Infinity: causal within a patch, attending to the NCP in every layer.
+
+A patch of ``T = patch_h * patch_w`` tokens is one sequence of ``T + 1`` positions: a learned
+start vector followed by the patch's tokens in raster order; position ``s`` predicts token ``s``.
+In every layer the self-attention keys/values are ``[context patches ‖ own causal prefix]``:
+
+* the context part is the cached keys/values of that same layer of the selected NCP patches
+  (``ncp.PatchCache``), each shifted by a learned relative-position vector of its offset
+  (``rel_k``/``rel_v``, one row per window cell, see ``adc.relative_index``);
+* the own part gets the table's centre row, so the current patch is position (0, 0, 0).
+
+A finished patch's cache is the raw (unshifted) keys/values of positions 1..T, i.e. one entry per
+token, so every token, the last included, is visible to later patches. Optional text
+cross-attention follows the self-attention in each block. Attention is PyTorch SDPA.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..common.errors import BoundlessError
+from .adc import center_index, relative_index
+from .config import Extents, InfinityConfig
+from .ncp import ContextItem, PatchCache
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values [B, heads, N, head_dim]
+
+
+def split_heads(x_bnd: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, d = x_bnd.shape
+    return x_bnd.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x_bhnd: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x_bhnd.shape
+    return x_bhnd.transpose(1, 2).reshape(b, n, h * d)
+
+
+class SelfAttention(nn.Module):
+    """Causal self-attention over the patch, with context keys/values of NCP patches in front."""
+
+    def __init__(self, cfg: InfinityConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        cells = cfg.trained_extents.cells
+        self.rel_k = nn.Parameter(torch.zeros(cells, cfg.dim))   # [cells, dim] added to keys
+        self.rel_v = nn.Parameter(torch.zeros(cells, cfg.dim))   # [cells, dim] added to values
+
+    def project(self, x_bsd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (split), raw keys and raw values ``[B, S, dim]`` (what the NCP caches)."""
+        q, k, v = self.qkv(x_bsd).chunk(3, dim=-1)
+        return split_heads(q, self.heads), k, v
+
+    def context(self, keys_bnd: torch.Tensor, values_bnd: torch.Tensor, rel_n: torch.Tensor) -> LayerKV:
+        """Cached context keys/values shifted by their relative-position rows, split into heads."""
+        return (split_heads(keys_bnd + self.rel_k[rel_n], self.heads),
+                split_heads(values_bnd + self.rel_v[rel_n], self.heads))
+
+    def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int):
+        """Teacher-forced pass over a whole prefix; returns (output, raw keys, raw values)."""
+        q, k, v = self.project(x_bsd)
+        k_own = split_heads(k + self.rel_k[center], self.heads)
+        v_own = split_heads(v + self.rel_v[center], self.heads)
+        if context is None:
+            out = F.scaled_dot_product_attention(q, k_own, v_own, is_causal=True)
+        else:
+            ctx_k, ctx_v = context
+            s, n = x_bsd.shape[1], ctx_k.shape[2]
+            mask = torch.ones(s, n + s, dtype=torch.bool, device=x_bsd.device)
+            mask[:, n:] = torch.ones(s, s, dtype=torch.bool, device=x_bsd.device).tril()
+            out = F.scaled_dot_product_attention(q, torch.cat([ctx_k, k_own], 2), torch.cat([ctx_v, v_own], 2),
+                                                 attn_mask=mask)
+        return self.proj(merge_heads(out)), k, v
+
+
+class CrossAttention(nn.Module):
+    """Attention from patch tokens to a text context ``[B, L, text_dim]``."""
+
+    def __init__(self, cfg: InfinityConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.kv = nn.Linear(cfg.text_dim, 2 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def text_kv(self, text_bld: torch.Tensor) -> LayerKV:
+        k, v = self.kv(text_bld).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def forward(self, x_bsd: torch.Tensor, text: LayerKV) -> torch.Tensor:
+        q = split_heads(self.q(x_bsd), self.heads)
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, *text)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: InfinityConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN: self-attention (with NCP context) → text cross-attention (optional) → MLP."""
+
+    def __init__(self, cfg: InfinityConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = SelfAttention(cfg)
+        if cfg.text_dim:
+            self.norm_text = nn.LayerNorm(cfg.dim)
+            self.cross = CrossAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV]):
+        out, k, v = self.attn(self.norm1(x_bsd), context, center)
+        x_bsd = x_bsd + out
+        if text is not None:
+            x_bsd = x_bsd + self.cross(self.norm_text(x_bsd), text)
+        return x_bsd + self.mlp(self.norm2(x_bsd)), k, v
+
+
+class InfinityTransformer(nn.Module):
+    """Token decoder for one patch given its NCP context, order and optional text."""
+
+    def __init__(self, cfg: InfinityConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.n_embed, cfg.dim)
+        self.bos = nn.Parameter(torch.zeros(cfg.dim))
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.tokens_per_patch + 1, cfg.dim))  # [T+1, dim]
+        self.order_emb = nn.Parameter(torch.zeros(cfg.n_orders, cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.n_embed)
+        # Integers the shapes cannot tell; saved with the weights so a checkpoint is self-describing.
+        self.register_buffer("patch_shape", torch.tensor([cfg.patch_h, cfg.patch_w], dtype=torch.int64))
+        self.register_buffer("trained_extents", torch.tensor(cfg.trained_extents.as_tuple(), dtype=torch.int64))
+        self.register_buffer("num_heads", torch.tensor(cfg.heads, dtype=torch.int64))
+        # The VQGAN the tokens belong to (fingerprint, pixels per token), from checkpoint metadata.
+        self.tokenizer = ""
+        self.factor = 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        for param in (self.bos, self.pos_emb, self.order_emb):
+            nn.init.normal_(param, std=0.02)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.rel_k, std=0.02)
+            nn.init.normal_(block.attn.rel_v, std=0.02)
+
+    # -- identity ---------------------------------------------------------------------------------
+    @property
+    def extents(self) -> Extents:
+        return self.config.trained_extents
+
+    def fingerprint(self) -> str:
+        """Stable id of these weights (config plus position tables), stored in canvas states."""
+        digest = hashlib.sha1(self.config.to_json().encode())
+        for tensor in (self.pos_emb, self.order_emb, self.blocks[0].attn.rel_k, self.head.bias):
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return f"infinity:{digest.hexdigest()[:16]}"
+
+    # -- conditioning -----------------------------------------------------------------------------
+    def prepare_context(self, context: Sequence[ContextItem]) -> list[Optional[LayerKV]]:
+        """Per-layer context keys/values (relative rows added) of the selected NCP patches."""
+        if not context:
+            return [None] * len(self.blocks)
+        trained = self.config.trained_extents
+        t = self.config.tokens_per_patch
+        device = self.pos_emb.device
+        keys = torch.cat([item.cache.keys for item in context], dim=2).to(device, self.pos_emb.dtype)
+        values = torch.cat([item.cache.values for item in context], dim=2).to(device, self.pos_emb.dtype)
+        rel_n = torch.tensor([relative_index(item.offset, trained) for item in context],
+                             device=device).repeat_interleave(t)                     # [N*T]
+        return [block.attn.context(keys[layer], values[layer], rel_n) for layer, block in enumerate(self.blocks)]
+
+    def prepare_text(self, text_bld: Optional[torch.Tensor], batch: int) -> list[Optional[LayerKV]]:
+        """Per-layer text keys/values, or Nones for a model without a text branch."""
+        if not self.config.text_dim:
+            if text_bld is not None:
+                raise BoundlessError("this NUWA-Infinity model has no text branch; generate without text "
+                                     "or load a text-conditioned checkpoint")
+            return [None] * len(self.blocks)
+        if text_bld is None:
+            raise BoundlessError("this NUWA-Infinity model is text-conditioned; give a text embedding "
+                                 f"[B, L, {self.config.text_dim}]")
+        if text_bld.ndim != 3 or text_bld.shape[-1] != self.config.text_dim or text_bld.shape[0] not in (1, batch):
+            raise BoundlessError(f"text embedding must be [B, L, {self.config.text_dim}] with B = 1 or {batch}, "
+                                 f"got {tuple(text_bld.shape)}; use the text encoder the model was trained with")
+        text_bld = text_bld.to(self.pos_emb.device, self.pos_emb.dtype).expand(batch, -1, -1)
+        return [block.cross.text_kv(text_bld) for block in self.blocks]
+
+    def embed(self, tokens_bs: torch.Tensor, order: int) -> torch.Tensor:
+        """Inputs ``[B, s+1, dim]``: start vector then the given tokens, plus position and order."""
+        b, s = tokens_bs.shape
+        x = torch.cat([self.bos.expand(b, 1, -1), self.tok_emb(tokens_bs)], dim=1)
+        return x + self.pos_emb[:s + 1] + self.order_emb[order]
+
+    # -- teacher-forced pass ----------------------------------------------------------------------
+    def forward(self, tokens_bs: torch.Tensor, context: Sequence[ContextItem] = (), order: int = 0,
+                text: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, PatchCache]:
+        """Run a patch (or its first ``s`` tokens) with known tokens in one pass.
+
+        Returns logits ``[B, min(s+1, T), n_embed]`` (position j predicts token j) and the patch's
+        per-layer cache over its ``s`` given tokens. Used for training, for pre-caching known
+        patches, and as the no-KV-cache reference of the incremental decoder.
+        """
+        t = self.config.tokens_per_patch
+        if tokens_bs.ndim != 2 or tokens_bs.shape[1] > t:
+            raise BoundlessError(f"expected patch tokens [B, <= {t}], got {tuple(tokens_bs.shape)}")
+        contexts = self.prepare_context(context)
+        texts = self.prepare_text(text, tokens_bs.shape[0])
+        center = center_index(self.config.trained_extents)
+        x = self.embed(tokens_bs, order)
+        keys, values = [], []
+        for block, ctx, txt in zip(self.blocks, contexts, texts):
+            x, k, v = block(x, ctx, center, txt)
+            keys.append(k[:, 1:])
+            values.append(v[:, 1:])
+        logits = self.head(self.norm(x[:, :t]))
+        return logits, PatchCache(torch.stack(keys), torch.stack(values))
+
+
+class PatchDecoder:
+    """Decodes one patch token by token with a KV cache over its own tokens.
+
+    Feed the start (``step(None)``), then each sampled token; every call returns the logits of the
+    next token, and after the last token has been fed ``cache()`` gives the patch's NCP entry.
+    Context and text keys/values are computed once per patch and written at the front of
+    preallocated per-layer buffers, so a step costs one token's worth of work.
+    """
+
+    def __init__(self, model: InfinityTransformer, context: Sequence[ContextItem] = (), order: int = 0,
+                 text: Optional[torch.Tensor] = None, batch: int = 1):
+        cfg = model.config
+        self.model = model
+        self.order = order
+        self.t = cfg.tokens_per_patch
+        self.center = center_index(cfg.trained_extents)
+        self.texts = model.prepare_text(text, batch)
+        contexts = model.prepare_context(context)
+        self.n_ctx = 0 if contexts[0] is None else contexts[0][0].shape[2]
+        dtype, device = model.pos_emb.dtype, model.pos_emb.device
+        length = self.n_ctx + self.t + 1
+        self.k_buf, self.v_buf = [], []
+        for ctx in contexts:
+            k_buf = torch.empty(batch, cfg.heads, length, cfg.head_dim, dtype=dtype, device=device)
+            v_buf = torch.empty_like(k_buf)
+            if ctx is not None:
+                k_buf[:, :, :self.n_ctx] = ctx[0]
+                v_buf[:, :, :self.n_ctx] = ctx[1]
+            self.k_buf.append(k_buf)
+            self.v_buf.append(v_buf)
+        self.raw_k = torch.empty(cfg.depth, batch, self.t + 1, cfg.dim, dtype=dtype, device=device)
+        self.raw_v = torch.empty_like(self.raw_k)
+        self.batch = batch
+        self.fed = 0
+
+    @torch.no_grad()
+    def step(self, token_b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Feed the start vector (``None``) or the previous token ``[B]``; return next logits ``[B, V]``.
+
+        Returns ``None`` after the patch's last token, when there is nothing left to predict.
+        """
+        model, s = self.model, self.fed
+        if (token_b is None) != (s == 0) or s > self.t:
+            raise BoundlessError("PatchDecoder: feed None first, then exactly one token per step")
+        if s == 0:
+            x = model.bos.expand(self.batch, 1, -1)
+        else:
+            x = model.tok_emb(token_b.view(self.batch, 1))
+        x = x + model.pos_emb[s] + model.order_emb[self.order]                       # [B, 1, dim]
+        end = self.n_ctx + s + 1
+        for layer, (block, txt) in enumerate(zip(model.blocks, self.texts)):
+            attn = block.attn
+            q, k, v = attn.project(block.norm1(x))
+            self.raw_k[layer, :, s] = k[:, 0]
+            self.raw_v[layer, :, s] = v[:, 0]
+            self.k_buf[layer][:, :, end - 1] = split_heads(k + attn.rel_k[self.center], attn.heads)[:, :, 0]
+            self.v_buf[layer][:, :, end - 1] = split_heads(v + attn.rel_v[self.center], attn.heads)[:, :, 0]
+            out = F.scaled_dot_product_attention(q, self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end])
+            x = x + attn.proj(merge_heads(out))
+            if txt is not None:
+                x = x + block.cross(block.norm_text(x), txt)
+            x = x + block.mlp(block.norm2(x))
+        self.fed += 1
+        if s == self.t:
+            return None
+        return model.head(model.norm(x[:, 0]))
+
+    def cache(self) -> PatchCache:
+        if self.fed != self.t + 1:
+            raise BoundlessError("PatchDecoder.cache(): the patch is not finished yet")
+        return PatchCache(self.raw_k[:, :, 1:].clone(), self.raw_v[:, :, 1:].clone())

@@ -1,0 +1,215 @@
+"""Run a canvas state's plan: pre-cache known patches, sample new ones token by token.
+
+Each step selects the NCP caches in the window of its patch, then either runs the model over the
+patch's known tokens (pre-caching) or samples its tokens autoregressively with a KV cache. A step
+is *committed* at once — tokens written, patch marked done, cache added, step counter advanced,
+expired caches removed — and only then is ``progress`` called, so an interrupt raised from inside
+``progress`` always leaves the state consistent and resumable (a half-sampled patch is simply
+sampled again).
+
+Randomness is per patch: patch (f, r, c) draws from a ``torch.Generator`` seeded from
+``(seed, f, r, c)``, so a run that was interrupted and resumed gives exactly the tokens of an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Callable, Optional, Union
+
+import torch
+
+from ..common.errors import BoundlessError
+from ..common.progress import Progress, no_progress
+from .adc import order_id
+from .config import Extents
+from .geometry import PatchPos, read_patch, write_patch
+from .model import InfinityTransformer, PatchDecoder
+from .ncp import ContextItem, NearbyContextPool, PatchCache, peak_pool_size
+from .state import CanvasState, empty_state, plan_fill, plan_outpaint
+
+# Text for every patch ([B, L, C] or [1, L, C]), or a function of the patch position (regional
+# prompts); the function may return None only for a model without a text branch.
+TextCondition = Union[None, torch.Tensor, Callable[[PatchPos], Optional[torch.Tensor]]]
+# Preview hook: (state, position of the patch just finished) -> IMAGE [1, H, W, 3] or None.
+PreviewFn = Callable[[CanvasState, PatchPos], Optional[torch.Tensor]]
+
+DEFAULT_MAX_POOL_BYTES = 8 << 30
+
+
+@dataclasses.dataclass
+class RunStats:
+    """What a ``run`` did: patches generated / pre-cached, NCP high-water marks, wall time."""
+
+    generated: int = 0
+    precached: int = 0
+    peak_pool: int = 0
+    peak_pool_bytes: int = 0
+    max_context: int = 0
+    seconds: float = 0.0
+
+
+def patch_seed(seed: int, pos: PatchPos) -> int:
+    """A 63-bit seed for one patch, stable across runs, resumes and machines."""
+    digest = hashlib.sha256(f"{seed}:{pos[0]}:{pos[1]}:{pos[2]}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_token(logits_bv: torch.Tensor, generator: torch.Generator, temperature: float, top_k: int) -> torch.Tensor:
+    """One token per batch row: greedy when temperature <= 0, else top-k / temperature sampling."""
+    if temperature <= 0:
+        return logits_bv.argmax(dim=-1)
+    logits = logits_bv.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _text_for(text: TextCondition, pos: PatchPos) -> Optional[torch.Tensor]:
+    return text(pos) if callable(text) else text
+
+
+def _cache_bytes(model: InfinityTransformer, batch: int) -> int:
+    cfg = model.config
+    return 2 * cfg.depth * batch * cfg.tokens_per_patch * cfg.dim * model.pos_emb.element_size()
+
+
+def check_memory(model: InfinityTransformer, state: CanvasState, max_pool_bytes: int) -> int:
+    """Refuse a plan whose NCP would outgrow ``max_pool_bytes``; return the peak pool size."""
+    plan, peak = state.plan, 0
+    for index, phase in enumerate(plan.phases):
+        start, end = plan.phase_start(index), plan.phase_start(index) + len(phase.steps)
+        if end <= state.step:
+            continue
+        local = max(state.step - start, 0)
+        pool = state.ncp if local > 0 and state.ncp is not None else NearbyContextPool(
+            phase.region, state.extents, state.wrap)
+        order = [step.pos for step in phase.steps]
+        peak = max(peak, peak_pool_size(pool, order, pool.last_uses(order), local))
+    need = peak * _cache_bytes(model, state.batch)
+    if need > max_pool_bytes:
+        raise BoundlessError(
+            f"this plan needs up to {peak} cached patches in the NCP ({need / 2**30:.2f} GiB), over the "
+            f"{max_pool_bytes / 2**30:.2f} GiB bound. The pool holds about one scan line: scan along the long "
+            "side (order 'right' for wide canvases, 'down' for tall ones), lower e_h/e_w, use a smaller batch, "
+            "or raise the bound")
+    return peak
+
+
+def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
+                  generator: torch.Generator, temperature: float, top_k: int, use_kv_cache: bool,
+                  on_token: Callable[[int], None]) -> tuple[torch.Tensor, PatchCache]:
+    """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache."""
+    t = model.config.tokens_per_patch
+    device = model.pos_emb.device
+    tokens = torch.empty(batch, t, dtype=torch.int64, device=device)
+    if use_kv_cache:
+        decoder = PatchDecoder(model, context, order, text, batch)
+        logits = decoder.step(None)
+        for i in range(t):
+            tokens[:, i] = sample_token(logits, generator, temperature, top_k)
+            logits = decoder.step(tokens[:, i])
+            if i + 1 < t:
+                on_token(i + 1)
+        return tokens, decoder.cache()
+    with torch.no_grad():
+        for i in range(t):
+            logits, _ = model(tokens[:, :i], context, order, text)
+            tokens[:, i] = sample_token(logits[:, i], generator, temperature, top_k)
+            if i + 1 < t:
+                on_token(i + 1)
+        _, cache = model(tokens, context, order, text)
+    return tokens, cache
+
+
+def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temperature: float = 1.0,
+        top_k: int = 0, text: TextCondition = None, progress: Progress = no_progress,
+        progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
+        max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES) -> RunStats:
+    """Advance ``state`` (in place) through the rest of its plan; return statistics.
+
+    progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
+    "token" once per generated token (the preview is offered with a patch's last token, after
+    the patch is committed). ``done``/``total`` count the whole plan, so a resumed run continues
+    the count. Clone the state first if the caller's copy must stay unchanged.
+    """
+    if progress_unit not in ("patch", "token"):
+        raise BoundlessError(f"progress_unit must be 'patch' or 'token', got {progress_unit!r}")
+    state.require_model(model)
+    peak = check_memory(model, state, max_pool_bytes)
+    cfg = model.config
+    t = cfg.tokens_per_patch
+    flat = state.plan.flat
+    scale = t if progress_unit == "token" else 1
+    total = state.plan.n_generate * scale
+    done_count = sum(step.generate for _, step in flat[:state.step])
+    stats = RunStats(peak_pool=peak)
+    started = time.perf_counter()
+    device = model.pos_emb.device
+    last_uses: dict[int, dict] = {}
+    while state.step < len(flat):
+        phase_index, step = flat[state.step]
+        phase = state.plan.phases[phase_index]
+        local = state.step - state.plan.phase_start(phase_index)
+        if local == 0:
+            state.ncp = NearbyContextPool(phase.region, state.extents, state.wrap)
+        elif state.ncp is None:
+            raise BoundlessError("canvas state is mid-phase but has no NCP; the file is incomplete — re-plan it")
+        if phase_index not in last_uses:
+            last_uses[phase_index] = state.ncp.last_uses([s.pos for s in phase.steps])
+        context = state.ncp.select(step.pos)
+        stats.max_context = max(stats.max_context, len(context))
+        order = order_id(phase.order)
+        text_now = _text_for(text, step.pos)
+        if step.generate:
+            generator = torch.Generator(device=device).manual_seed(patch_seed(seed, step.pos))
+            base = done_count * scale
+
+            def on_token(i: int) -> None:
+                if progress_unit == "token":
+                    progress(base + i, total, None)
+
+            tokens_bt, cache = _sample_patch(model, context, order, text_now, state.batch, generator,
+                                             temperature, top_k, use_kv_cache, on_token)
+        else:
+            tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
+            with torch.no_grad():
+                _, cache = model(tokens_bt.to(device), context, order, text_now)
+        # Commit the patch; nothing below calls back into user code before the state is whole.
+        write_patch(state.tokens, step.pos, tokens_bt.cpu(), cfg.patch_h, cfg.patch_w)
+        state.done[step.pos] = True
+        state.ncp.add(step.pos, PatchCache(cache.keys.detach(), cache.values.detach()))
+        stats.peak_pool_bytes = max(stats.peak_pool_bytes, state.ncp.nbytes)
+        state.step += 1
+        state.ncp.remove(local, last_uses[phase_index])
+        if state.step == len(flat) or flat[state.step][0] != phase_index:
+            state.ncp = None
+        if step.generate:
+            done_count += 1
+            stats.generated += 1
+            shown = None if preview is None else (lambda pos=step.pos: preview(state, pos))
+            progress(done_count * scale, total, shown)
+        else:
+            stats.precached += 1
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def generate_canvas(model: InfinityTransformer, cols: int, rows: int, *, frames: int = 1, batch: int = 1,
+                    order: str = "down", extents: Optional[Extents] = None, wrap: bool = False,
+                    **run_options) -> CanvasState:
+    """Generate a ``cols × rows``-patch canvas from nothing (or text); returns the finished state."""
+    state = plan_fill(empty_state(model, cols, rows, frames, batch, extents, wrap), order)
+    run(model, state, **run_options)
+    return state
+
+
+def outpaint(model: InfinityTransformer, state: CanvasState, direction: str, patches: int,
+             precache_rings: int = 1, **run_options) -> CanvasState:
+    """Extend a state by ``patches`` in ``direction`` and generate them; the input state is untouched."""
+    grown = plan_outpaint(state, [(direction, patches)], precache_rings=precache_rings)
+    run(model, grown, **run_options)
+    return grown

@@ -1,0 +1,188 @@
+"""Train a NUWA-Infinity token decoder (CPU, one GPU, or many through torchrun + DDP).
+
+Data is either a folder of images tokenized with a VQGAN checkpoint (``--images DIR --vqgan
+FILE``), or precomputed tokens (``--tokens FILE.safetensors`` with ``tokens`` int64 ``[N, h, w]``
+or ``[N, F, h, w]``, optionally ``text`` float ``[N, L, C]`` and metadata ``tokenizer``/``factor``).
+Every step draws random ``--canvas`` crops and one random ADC order and runs ``training.chain_loss``
+(backward per patch, detached context caches, one all-reduce per chain under DDP), then one Adam
+step. Checkpoints are safetensors that ``checkpoint.load_infinity`` reads back.
+
+Run: ``.venv/bin/python scripts/train_infinity.py --tokens t.safetensors --out m.safetensors``;
+multi-GPU: ``torchrun --nproc_per_node N scripts/train_infinity.py ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from ..common.errors import BoundlessError
+from ..common.tokens import fingerprint
+from .adc import ORDERS
+from .checkpoint import load_infinity, save_infinity
+from .config import Extents, InfinityConfig
+from .model import InfinityTransformer
+from .training import CanvasSampler, chain_loss
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def tokenize_folder(folder: pathlib.Path, vqgan_path: str, max_side: int, multiple: int,
+                    device: torch.device) -> tuple[list[torch.Tensor], str, int]:
+    """Token maps ``[1, h, w]`` of every image, resized so the long side is at most ``max_side`` and
+    centre-cropped to a multiple of ``multiple`` pixels (one patch)."""
+    from ..vq.loader import KIND, load_vqgan
+    vqgan = load_vqgan(vqgan_path).to(device)
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BoundlessError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    step = multiple * vqgan.factor
+    grids = []
+    for path in files:
+        image = Image.open(path).convert("RGB")
+        scale = min(1.0, max_side / max(image.size))
+        if scale < 1.0:
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        w, h = (image.width // step) * step, (image.height // step) * step
+        if w == 0 or h == 0:
+            continue
+        left, top = (image.width - w) // 2, (image.height - h) // 2
+        array = np.asarray(image.crop((left, top, left + w, top + h)), dtype=np.float32) / 127.5 - 1.0
+        x_bchw = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device)
+        with torch.no_grad():
+            grids.append(vqgan.encode(x_bchw)[1].cpu())                   # [1, h, w]
+    return grids, fingerprint(KIND, vqgan.quantize.embedding.weight), vqgan.factor
+
+
+def load_token_file(path: str) -> tuple[list[torch.Tensor], torch.Tensor | None, str, int]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as handle:
+        meta = dict(handle.metadata() or {})
+    if "tokens" not in tensors:
+        raise BoundlessError(f"{path} has no 'tokens' tensor; save int64 [N, h, w] under the key 'tokens'")
+    tokens = tensors["tokens"].long()
+    if tokens.ndim == 3:
+        tokens = tokens.unsqueeze(1)
+    return list(tokens), tensors.get("text"), meta.get("tokenizer", ""), int(meta.get("factor", 0))
+
+
+def distributed_setup() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        rank = dist.get_rank()
+    else:
+        rank = 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a NUWA-Infinity token decoder with ADC patch chains.")
+    data = p.add_argument_group("data")
+    data.add_argument("--tokens", help="precomputed token file (.safetensors with 'tokens' [N,h,w])")
+    data.add_argument("--images", type=pathlib.Path, help="folder of images to tokenize with --vqgan")
+    data.add_argument("--vqgan", help="VQGAN checkpoint used to tokenize --images")
+    data.add_argument("--max-side", type=int, default=1024, help="downscale images so the long side fits")
+    p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
+    p.add_argument("--resume", help="start from this checkpoint (its config wins over the size flags)")
+    size = p.add_argument_group("model")
+    size.add_argument("--dim", type=int, default=256)
+    size.add_argument("--depth", type=int, default=6)
+    size.add_argument("--heads", type=int, default=8)
+    size.add_argument("--mlp-dim", type=int, default=0, help="default 4 × dim")
+    size.add_argument("--patch", type=int, nargs=2, default=(16, 16), metavar=("H", "W"),
+                      help="tokens per patch side")
+    size.add_argument("--extents", type=int, nargs=3, default=(1, 1, 1), metavar=("EW", "EH", "EF"))
+    size.add_argument("--n-embed", type=int, default=0, help="codebook size (default: max token + 1)")
+    run = p.add_argument_group("training")
+    run.add_argument("--canvas", type=int, nargs=2, default=(4, 4), metavar=("COLS", "ROWS"),
+                     help="training canvas in patches")
+    run.add_argument("--orders", default=",".join(ORDERS), help="comma list of ADC orders to draw from")
+    run.add_argument("--wrap", action="store_true", help="train with horizontal wrap-around (360° data)")
+    run.add_argument("--batch", type=int, default=4)
+    run.add_argument("--lr", type=float, default=3e-4)
+    run.add_argument("--label-smoothing", type=float, default=0.0)
+    run.add_argument("--steps", type=int, default=1000)
+    run.add_argument("--minutes", type=float, default=0.0, help="also stop after this wall time (0 = no limit)")
+    run.add_argument("--save-every", type=int, default=500)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=int, default=2, help="CPU threads per process")
+    return p
+
+
+def main(argv=None) -> InfinityTransformer:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rank, world, device = distributed_setup()
+    torch.manual_seed(args.seed + rank)
+    patch_h, patch_w = args.patch
+    if args.tokens:
+        grids, texts, tokenizer, factor = load_token_file(args.tokens)
+    elif args.images and args.vqgan:
+        grids, tokenizer, factor = tokenize_folder(args.images, args.vqgan, args.max_side, max(patch_h, patch_w),
+                                                   device)
+        texts = None
+    else:
+        raise BoundlessError("give training data: --tokens FILE, or --images DIR with --vqgan FILE")
+
+    if args.resume:
+        model = load_infinity(args.resume)
+    else:
+        n_embed = args.n_embed or int(max(int(g.max()) for g in grids)) + 1
+        cfg = InfinityConfig(n_embed=n_embed, dim=args.dim, depth=args.depth, heads=args.heads,
+                             mlp_dim=args.mlp_dim or 4 * args.dim, patch_h=patch_h, patch_w=patch_w,
+                             trained_extents=Extents(*args.extents),
+                             text_dim=0 if texts is None else int(texts.shape[-1]))
+        model = InfinityTransformer(cfg)
+    cfg = model.config
+    model.tokenizer, model.factor = tokenizer or model.tokenizer, factor or model.factor
+    model.to(device).train()
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    no_sync = net.no_sync if world > 1 else None
+    sampler = CanvasSampler(grids, args.canvas[0], args.canvas[1], cfg.patch_h, cfg.patch_w,
+                            args.orders.split(","), texts, seed=args.seed + rank)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
+    started = time.time()
+    for step in range(1, args.steps + 1):
+        canvas, order, text = sampler.batch(args.batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss = chain_loss(net, canvas.to(device), order, cfg.trained_extents, patch_h=cfg.patch_h,
+                          patch_w=cfg.patch_w, wrap=args.wrap, text=None if text is None else text.to(device),
+                          label_smoothing=args.label_smoothing, no_sync=no_sync)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        out_of_time = torch.tensor(float(bool(args.minutes) and time.time() - started > args.minutes * 60),
+                                   device=device)
+        if world > 1:
+            dist.broadcast(out_of_time, 0)   # every rank stops at the same step
+        last = step == args.steps or bool(out_of_time)
+        if rank == 0 and (step == 1 or step % 10 == 0 or last):
+            print(json.dumps({"step": step, "loss": round(loss, 4), "order": order,
+                              "min": round((time.time() - started) / 60, 2)}), flush=True)
+        if rank == 0 and (step % args.save_every == 0 or last):
+            save_infinity(model.eval(), args.out, extra={"steps": str(step)})
+            model.train()
+        if last:
+            break
+    if world > 1:
+        dist.destroy_process_group()
+    return model.eval()
+
+
+if __name__ == "__main__":
+    main()

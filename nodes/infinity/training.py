@@ -1,0 +1,91 @@
+"""Render-and-optimize training of the token decoder over a chain of patches.
+
+A training canvas is cut into patches and walked in one of the ADC scan orders. Each patch is
+predicted from its NCP context (teacher forcing inside the patch), its loss is back-propagated at
+once, and only its *detached* per-layer cache is kept for later patches — so the autograd graph
+never spans more than one patch and training memory is bounded like inference memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..common.errors import BoundlessError
+from .adc import ORDERS, order_id, scan
+from .config import Extents
+from .geometry import Region, patch_grid_shape, read_patch
+from .ncp import NearbyContextPool, PatchCache
+
+
+def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: Extents, *,
+               patch_h: int, patch_w: int, wrap: bool = False, text: Optional[torch.Tensor] = None,
+               label_smoothing: float = 0.0, backward: bool = True,
+               no_sync: Optional[Callable[[], contextlib.AbstractContextManager]] = None) -> float:
+    """Mean per-token cross-entropy of one canvas chain; gradients accumulate when ``backward``.
+
+    net: the model, or its DistributedDataParallel wrapper (called as ``net(tokens, context,
+    order, text)``). no_sync: the wrapper's ``no_sync``, used for every patch but the last so
+    gradients are all-reduced once per chain.
+    """
+    if bool((canvas_bfhw < 0).any()):
+        raise BoundlessError("training canvases must be fully known (no -1 tokens)")
+    frames, rows, cols = patch_grid_shape(canvas_bfhw, patch_h, patch_w)
+    region = Region.whole(frames, rows, cols)
+    pool = NearbyContextPool(region, extents, wrap)
+    sequence = scan(region, order)
+    last_uses = pool.last_uses(sequence)
+    oid = order_id(order)
+    total = 0.0
+    for step, pos in enumerate(sequence):
+        tokens_bt = read_patch(canvas_bfhw, pos, patch_h, patch_w)
+        final = step == len(sequence) - 1
+        sync = no_sync() if (no_sync is not None and not final) else contextlib.nullcontext()
+        with sync:
+            logits_btv, cache = net(tokens_bt, pool.select(pos), oid, text)
+            loss = F.cross_entropy(logits_btv.flatten(0, 1).float(), tokens_bt.flatten(),
+                                   label_smoothing=label_smoothing)
+            if backward:
+                (loss / len(sequence)).backward()
+        pool.add(pos, PatchCache(cache.keys.detach(), cache.values.detach()))
+        pool.remove(step, last_uses)
+        total += float(loss.detach())
+    return total / len(sequence)
+
+
+class CanvasSampler:
+    """Random training canvases: crops of ``cols × rows`` patches from token maps, random order.
+
+    grids: per item an int64 ``[F, h, w]`` token map (sizes may differ; each must hold the crop).
+    texts: optional per-item text embeddings ``[L, C]`` (equal L), returned stacked with the batch.
+    """
+
+    def __init__(self, grids: Sequence[torch.Tensor], cols: int, rows: int, patch_h: int, patch_w: int,
+                 orders: Sequence[str] = ORDERS, texts: Optional[torch.Tensor] = None, seed: int = 0):
+        for order in orders:
+            order_id(order)
+        self.height, self.width = rows * patch_h, cols * patch_w
+        self.patch_h, self.patch_w = patch_h, patch_w
+        self.items = [i for i, g in enumerate(grids) if g.shape[-2] >= self.height and g.shape[-1] >= self.width]
+        if not self.items:
+            raise BoundlessError(f"no training token map holds a {cols}×{rows}-patch canvas "
+                                 f"({self.width}×{self.height} tokens); use a smaller --canvas or larger images")
+        self.grids, self.texts, self.orders = grids, texts, list(orders)
+        self.rng = random.Random(seed)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, str, Optional[torch.Tensor]]:
+        """(canvases [B, F, H, W], one order for the batch, text [B, L, C] or None)."""
+        picks = [self.rng.choice(self.items) for _ in range(size)]
+        crops = []
+        for index in picks:
+            grid = self.grids[index]
+            # Crops start on the token grid; patch-aligned starts would only see one tiling.
+            y = self.rng.randrange(grid.shape[-2] - self.height + 1)
+            x = self.rng.randrange(grid.shape[-1] - self.width + 1)
+            crops.append(grid[..., y:y + self.height, x:x + self.width])
+        text = None if self.texts is None else self.texts[picks]
+        return torch.stack(crops), self.rng.choice(self.orders), text
