@@ -67,14 +67,23 @@ def detect_kind(shapes: dict) -> str | None:
 def build(kind: str, shapes: dict, device: str | torch.device = "cpu") -> nn.Module:
     """The network for ``kind`` with the configuration read from ``shapes`` (uninitialised on ``device``)."""
     config_cls, model_cls = _BUILDERS[kind]
-    config = config_cls.from_shapes(shapes_of(shapes))
+    try:
+        config = config_cls.from_shapes(shapes_of(shapes))
+    except BoundlessError:
+        raise
+    except (KeyError, IndexError, ValueError, StopIteration, ZeroDivisionError) as exc:
+        raise BoundlessError(f"{DESCRIPTIONS[kind]}: the checkpoint is incomplete or damaged "
+                             f"({type(exc).__name__}: {exc}); re-download it") from exc
     with torch.device(device):
         return model_cls(config)
 
 
 def check_shapes(kind: str, shapes: dict) -> str | None:
     """None when the model built (on meta) from these shapes has exactly these keys and shapes."""
-    model = build(kind, shapes, "meta")
+    try:
+        model = build(kind, shapes, "meta")
+    except BoundlessError as exc:
+        return str(exc)
     return shape_mismatch(model, shapes_of(shapes))
 
 

@@ -58,6 +58,7 @@ def check_condition(model: PaellaV1, c: torch.Tensor) -> None:
 
 
 def sample_v1(model: PaellaV1, c: torch.Tensor, *, seed: int, size: tuple[int, int], T: int = 12,
+              uncond: Optional[torch.Tensor] = None,
               x: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None, starting_t: int = 0,
               temp_range: tuple[float, float] = (1.0, 1.0), typical_filtering: bool = True,
               typical_mass: float = 0.2, typical_min_tokens: int = 1, classifier_free_scale: float = 5.0,
@@ -65,9 +66,13 @@ def sample_v1(model: PaellaV1, c: torch.Tensor, *, seed: int, size: tuple[int, i
               preview: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Tokens ``[B, H, W]``. ``c``: ``[B, C]`` or a spatial map ``[B, C, h, w]`` (regional prompts).
 
-    x: start tokens (structural editing, or the known tokens with a mask); mask: ``[B, H, W]``,
-    1 = generate, 0 = keep ``x``. ``classifier_free_scale`` < 0 disables CFG (0 still runs it).
+    uncond: the CFG reference condition (default: all zeros, as trained); x: start tokens (structural
+    editing, or the known tokens with a mask); mask: ``[B, H, W]``, 1 = generate, 0 = keep ``x``.
+    ``classifier_free_scale`` < 0 disables CFG (0 still runs it).
     """
+    if not isinstance(model, PaellaV1):
+        raise BoundlessError(f"the v1 sampler needs a Paella v1 checkpoint (model_600000.pt), got "
+                             f"{type(model).__name__}; use the v3 sampler for Paella v3")
     check_condition(model, c)
     height, width = size
     check_grid(model, height, width)
@@ -85,7 +90,15 @@ def sample_v1(model: PaellaV1, c: torch.Tensor, *, seed: int, size: tuple[int, i
         if grid is not None and tuple(grid.shape) != (batch, height, width):
             raise BoundlessError(f"{name} has shape {tuple(grid.shape)}, expected {(batch, height, width)}")
     c = c.to(device, dtype)
-    uncond = torch.zeros_like(c)
+    if uncond is None:
+        uncond = torch.zeros_like(c)
+    elif uncond.shape != c.shape and not (uncond.ndim == 2 and c.ndim == 4 and uncond.shape == c.shape[:2]):
+        raise BoundlessError(f"the unconditional vector {tuple(uncond.shape)} does not match the condition "
+                             f"{tuple(c.shape)}")
+    else:
+        uncond = uncond.to(device, dtype)
+        if c.ndim == 4 and uncond.ndim == 2:
+            uncond = uncond[:, :, None, None].expand_as(c)
     generator = torch.Generator("cpu").manual_seed(seed)
 
     def random_tokens() -> torch.Tensor:

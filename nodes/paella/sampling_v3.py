@@ -100,6 +100,9 @@ def sample_v3(model: PaellaV3, cond: V3Condition, uncond: Optional[V3Condition],
     to keep elsewhere (in/out-painting). codebook + quantize: the VQGAN codebook ``[K, c]`` and its
     nearest-index function, needed for the ``quant`` mode. preview(tokens) -> IMAGE for the progress bar.
     """
+    if not isinstance(model, PaellaV3):
+        raise BoundlessError(f"the v3 sampler needs a Paella v3 checkpoint (paella_v3.pt), got "
+                             f"{type(model).__name__}; use the v1 sampler for Paella v1 (model_600000.pt)")
     batch, height, width = shape
     num_labels = model.config.num_labels
     check_grid(model, height, width)
