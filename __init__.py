@@ -1,1 +1,42 @@
+"""Boundless: NUWA-Infinity, Paella, VAR and StoryDiffusion as ComfyUI nodes.
 
+Inside ComfyUI this module exposes the V3 entry point ``comfy_entrypoint``. Outside ComfyUI (tests,
+scripts, training) importing it does nothing, so the pure-torch modules under ``nodes/`` import
+without ComfyUI installed.
+"""
+import importlib
+import logging
+
+SYSTEMS = ("vq", "infinity", "paella", "var", "story")
+
+try:
+    import comfy.utils  # noqa: F401  (only present inside ComfyUI)
+    from comfy_api.latest import ComfyExtension, io
+except ImportError:
+    pass
+else:
+    def _node_classes() -> list[type[io.ComfyNode]]:
+        """Every system's ``nodes.NODES``; a system that fails to import is logged, the rest still load."""
+        from .nodes.common import comfy_glue
+        comfy_glue.register_model_folders()
+        classes = []
+        for system in SYSTEMS:
+            try:
+                module = importlib.import_module(f".nodes.{system}.nodes", __name__)
+            except ModuleNotFoundError as exc:
+                if exc.name == f"{__name__}.nodes.{system}.nodes":
+                    continue   # this system has no ComfyUI nodes yet
+                logging.exception("[Boundless] could not import the %s nodes", system)
+                continue
+            except Exception:  # noqa: BLE001 - keep the other systems usable
+                logging.exception("[Boundless] could not import the %s nodes", system)
+                continue
+            classes.extend(module.NODES)
+        return classes
+
+    class BoundlessExtension(ComfyExtension):
+        async def get_node_list(self) -> list[type[io.ComfyNode]]:
+            return _node_classes()
+
+    async def comfy_entrypoint() -> ComfyExtension:
+        return BoundlessExtension()

@@ -32,14 +32,14 @@ def test_roundtrip_through_file_keeps_config_and_numbers(tmp_path):
 
 def test_indices_are_row_major_and_decode_shape(tmp_path):
     model = tiny_vqgan()
-    x = torch.rand(1, 3, 32, 64) * 2 - 1
+    x = torch.rand(1, 3, 128, 256) * 2 - 1
     with torch.no_grad():
         z_q, idx, z = model.encode(x)
-        assert idx.shape == (1, 16, 32) and idx.dtype == torch.int64
+        assert idx.shape == (1, 8, 16) and idx.dtype == torch.int64
         # brute-force nearest code at one position, row 5 column 7
         d = ((z[0, :, 5, 7][None] - model.quantize.embedding.weight) ** 2).sum(1)
         assert int(d.argmin()) == int(idx[0, 5, 7])
-        assert model.decode_indices(idx).shape == (1, 3, 32, 64)
+        assert model.decode_indices(idx).shape == (1, 3, 128, 256)
 
 
 def test_lightning_checkpoint_drops_loss_keys(tmp_path):

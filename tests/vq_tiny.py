@@ -16,7 +16,7 @@ WRONG_KIND_NAME = "not_a_vqgan.safetensors"
 def tiny_vqgan(seed: int = 0):
     vqgan = pack_module("nodes.vq.vqgan")
     torch.manual_seed(seed)
-    cfg = vqgan.VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), z_channels=32,
+    cfg = vqgan.VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1, 2), num_res_blocks=1, attn_levels=(4,), z_channels=32,
                             embed_dim=8, n_embed=64)
     return vqgan.VQGAN(cfg).eval()
 
