@@ -1,0 +1,97 @@
+"""Test-only: a tiny random-weight SD1.5-shaped UNet, text encoder and VAE (glue; imports comfy).
+
+Real checkpoints cannot be downloaded in CI, and ComfyUI's checkpoint loaders need real SD sizes,
+so server workflow tests of the story nodes use this loader. ``nodes.py`` lists it only when the
+environment variable ``BOUNDLESS_TEST_NODES=1`` is set.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import comfy.supported_models_base
+import comfy.taesd.taesd
+
+CONTEXT_DIM = 32
+
+TINY_UNET = {"image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+             "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+             "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1, "context_dim": CONTEXT_DIM,
+             "use_spatial_transformer": True, "use_linear_in_transformer": False, "adm_in_channels": None,
+             "use_temporal_attention": False, "use_temporal_resblock": False, "legacy": False,
+             "num_head_channels": -1}
+
+TINY_CLIP = {"architectures": ["CLIPTextModel"], "bos_token_id": 0, "eos_token_id": 49407, "hidden_act": "quick_gelu",
+             "hidden_size": CONTEXT_DIM, "intermediate_size": 64, "layer_norm_eps": 1e-05,
+             "max_position_embeddings": 77, "model_type": "clip_text_model", "num_attention_heads": 2,
+             "num_hidden_layers": 1, "pad_token_id": 1, "projection_dim": CONTEXT_DIM, "vocab_size": 49408}
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Deterministic variance-preserving random weights (ComfyUI's layers skip initialisation):
+    norms at identity, biases zero, other weights N(0, 1/fan_in)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                if sub.weight is not None:
+                    sub.weight.fill_(1.0)
+                    sub.bias.zero_()
+                continue
+            for name, param in sub.named_parameters(recurse=False):
+                if param.ndim < 2:
+                    param.fill_(0.0 if ("bias" in name or "shift" in name) else 1.0)
+                else:
+                    fan_in = param[0].numel()
+                    param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
+
+
+def tiny_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """An SD1.5-shaped EPS UNet (~1M parameters): attention at input 1, 3, middle 0, output 0-3."""
+    config = comfy.supported_models.SD15(dict(TINY_UNET))
+    config.unet_config["num_heads"] = 2
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    randomize(model, seed)
+    return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def tiny_clip(seed: int = 0) -> comfy.sd.CLIP:
+    """ComfyUI's SD1 tokenizer with a one-layer 32-wide CLIP text model."""
+    clip_class = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=comfy.sd1_clip.SDClipModel,
+                                   textmodel_json_config=dict(TINY_CLIP))
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, clip_class)
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
+    randomize(clip.cond_stage_model, seed + 1)
+    return clip
+
+
+def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
+    """A random-weight TAESD (small 4-channel latent autoencoder) wrapped as a ComfyUI VAE."""
+    taesd = comfy.taesd.taesd.TAESD()
+    randomize(taesd, seed + 2)
+    return comfy.sd.VAE(sd=taesd.state_dict())
+
+
+class TinyUNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessTinyUNetLoader", display_name="Tiny UNet Loader (tests)", category="Boundless/testing",
+            description="Test-only: a tiny random-weight SD1.5-shaped model, text encoder and VAE.",
+            inputs=[io.Int.Input("weights_seed", default=0, min=0, max=2**31 - 1,
+                                 tooltip="Seed of the random weights.")],
+            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
+                     io.Vae.Output(display_name="vae")])
+
+    @classmethod
+    def execute(cls, weights_seed) -> io.NodeOutput:
+        return io.NodeOutput(tiny_model(weights_seed), tiny_clip(weights_seed), tiny_vae(weights_seed))
