@@ -61,7 +61,7 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
                 b.copy_(1 + torch.rand(b.shape, generator=generator))
             elif name.endswith("running_mean"):
                 b.copy_(0.1 * torch.randn(b.shape, generator=generator))
-    return module.eval()
+    return module.eval().requires_grad_(False)
 
 
 def tiny_v3(seed: int = 0):

@@ -107,6 +107,16 @@ def from_sources(file_tensors: Optional[Mapping[str, torch.Tensor]] = None,
     return result
 
 
+def add_images(cond: PaellaConditioning, images_bnc: torch.Tensor) -> PaellaConditioning:
+    """Append CLIP image vectors ``[B, N, C]`` after the ones ``cond`` already has (image mixing)."""
+    if cond.clip_image is None:
+        return dataclasses.replace(cond, clip_image=images_bnc.float())
+    batch = max(cond.clip_image.shape[0], images_bnc.shape[0])
+    merged = torch.cat([expand_batch(cond.clip_image, batch, "clip_image"),
+                        expand_batch(images_bnc, batch, "image vectors").to(cond.clip_image)], dim=1)
+    return dataclasses.replace(cond, clip_image=merged)
+
+
 def expand_batch(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     if t.shape[0] == batch:
         return t

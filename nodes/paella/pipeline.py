@@ -106,15 +106,15 @@ def factor_of(vqgan) -> int:
     return vqgan.config.factor
 
 
-def pixel_multiple(model, vqgan) -> int:
-    """Image sides must be multiples of this many pixels for the token grid to fit the model."""
-    return model.config.token_multiple * factor_of(vqgan)
+def pixel_limits(model, vqgan) -> tuple[int, int]:
+    """(multiple, smallest side) in pixels that the token grid of this model / VQGAN pair allows."""
+    multiple = model.config.token_multiple * factor_of(vqgan)
+    return multiple, multiple * (2 if version_of(model) == "v1" else 1)
 
 
 def token_grid(model, vqgan, width: int, height: int) -> tuple[int, int]:
     """(h, w) tokens for an image size in pixels; refuses sizes the model cannot take."""
-    multiple = pixel_multiple(model, vqgan)
-    smallest = multiple * (2 if version_of(model) == "v1" else 1)
+    multiple, smallest = pixel_limits(model, vqgan)
     if width % multiple or height % multiple or width < smallest or height < smallest:
         raise BoundlessError(f"Paella {version_of(model)} needs image sides that are multiples of {multiple} px "
                              f"(at least {smallest} px), got {width}x{height}; use e.g. "
@@ -182,7 +182,7 @@ def token_mask(mask_bhw: torch.Tensor, factor: int) -> torch.Tensor:
 
 def noise_tokens(indices_bhw: torch.Tensor, level: float, num_labels: int, seed: int) -> torch.Tensor:
     """Replace each token with a random one with probability ``level`` (structural editing)."""
-    generator = torch.Generator("cpu").manual_seed(seed)
+    generator = torch.Generator("cpu").manual_seed(seed % 2 ** 64)
     shape = tuple(indices_bhw.shape)
     replace = torch.rand(shape, generator=generator) < level
     random = torch.randint(0, num_labels, shape, generator=generator)
@@ -268,3 +268,21 @@ def _generate_v3(model, vqgan, sampler: V3Sampler, positive, negative, seed, bat
                      attn_weights=attn_weights, init_x=init_x, keep_mask=keep_mask,
                      known=start if keep_mask is not None else None, codebook=vqgan.codebook,
                      quantize=vqgan.vquantizer.nearest, progress=progress, preview=preview)
+
+
+# Image sides that suit both released models (v3: 8 tokens x 4 px, v1: 4 tokens x 8 px).
+ENCODE_MULTIPLE = 32
+SIZE_POLICIES = ("pad", "crop")
+
+
+def fit_image(image_b3hw: torch.Tensor, multiple: int, policy: str) -> torch.Tensor:
+    """Pad (edge replication, right/bottom) or crop an image to sides that are multiples of ``multiple``."""
+    if policy not in SIZE_POLICIES:
+        raise BoundlessError(f"unknown size policy {policy!r}; use {' or '.join(SIZE_POLICIES)}")
+    height, width = image_b3hw.shape[-2:]
+    if policy == "crop":
+        new_h, new_w = height // multiple * multiple, width // multiple * multiple
+        if new_h == 0 or new_w == 0:
+            raise BoundlessError(f"a {width}x{height} image is smaller than {multiple} px; use 'pad'")
+        return image_b3hw[..., :new_h, :new_w]
+    return pad_image_and_mask(image_b3hw, None, multiple, multiple)[0]
