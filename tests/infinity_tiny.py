@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
 import torch
 
 from packpath import pack_module
@@ -19,6 +20,18 @@ checkpoint_mod = pack_module("nodes.infinity.checkpoint")
 
 TINY_NAME = "infinity_tiny.safetensors"
 TINY_TEXT_NAME = "infinity_tiny_text.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread on a shared CPU; restore the setting afterwards.
+
+    Test modules activate it with ``from infinity_tiny import one_thread``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_config(**overrides):

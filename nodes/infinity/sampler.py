@@ -179,8 +179,9 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
             with torch.no_grad():
                 _, cache = model(tokens_bt.to(device), context, order, text_now)
         # Commit the patch; nothing below calls back into user code before the state is whole.
-        write_patch(state.tokens, step.pos, tokens_bt.cpu(), cfg.patch_h, cfg.patch_w)
-        state.done[step.pos] = True
+        if step.generate:
+            write_patch(state.tokens, step.pos, tokens_bt.cpu(), cfg.patch_h, cfg.patch_w)
+            state.done[step.pos] = True
         state.ncp.add(step.pos, PatchCache(cache.keys.detach(), cache.values.detach()))
         stats.peak_pool_bytes = max(stats.peak_pool_bytes, state.ncp.nbytes)
         state.step += 1

@@ -1,0 +1,79 @@
+"""NUWA-Infinity training: chain loss, overfitting one canvas, the command-line trainer."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from infinity_tiny import one_thread, tiny_model  # noqa: F401 (autouse fixture)
+from packpath import pack_module
+
+adc = pack_module("nodes.infinity.adc")
+checkpoint = pack_module("nodes.infinity.checkpoint")
+config = pack_module("nodes.infinity.config")
+sampler = pack_module("nodes.infinity.sampler")
+training = pack_module("nodes.infinity.training")
+train = pack_module("nodes.infinity.train")
+errors = pack_module("nodes.common.errors")
+
+
+def test_a_few_steps_reduce_the_loss():
+    model = tiny_model(0, n_embed=32).train()
+    torch.manual_seed(0)
+    canvas = torch.randint(0, 32, (2, 1, 4, 6))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(8):
+        opt.zero_grad()
+        losses.append(training.chain_loss(model, canvas, adc.ORDERS[step % 4], config.Extents(1, 1, 1),
+                                          patch_h=2, patch_w=2))
+        opt.step()
+    with torch.no_grad():
+        after = training.chain_loss(model, canvas, "down", config.Extents(1, 1, 1), patch_h=2, patch_w=2,
+                                    backward=False)
+    assert after < losses[0] - 0.1
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_overfit_one_canvas_reproduces_it_greedily():
+    model = tiny_model(1, n_embed=16, trained_extents=config.Extents(1, 1, 0)).train()
+    torch.manual_seed(1)
+    canvas = torch.randint(0, 16, (1, 1, 4, 6))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = training.chain_loss(model, canvas, "down", model.extents, patch_h=2, patch_w=2)
+        opt.step()
+    assert loss < 0.05
+    state = sampler.generate_canvas(model.eval(), 3, 2, order="down", temperature=0)
+    assert torch.equal(state.tokens, canvas)
+
+
+def test_canvas_sampler_crops_and_orders():
+    grids = [torch.randint(0, 8, (1, 6, 8)), torch.randint(0, 8, (1, 2, 2))]
+    crops = training.CanvasSampler(grids, cols=2, rows=2, patch_h=2, patch_w=2, orders=["up", "left"], seed=3)
+    assert crops.items == [0]                          # the 2×2-token map cannot hold a 4×4 crop
+    canvas, order, text = crops.batch(3)
+    assert canvas.shape == (3, 1, 4, 4) and order in ("up", "left") and text is None
+    with pytest.raises(errors.BoundlessError, match="smaller --canvas"):
+        training.CanvasSampler(grids, cols=5, rows=5, patch_h=2, patch_w=2)
+
+
+def test_command_line_trainer_on_token_file(tmp_path):
+    tokens = torch.randint(0, 20, (3, 6, 6))
+    text = torch.randn(3, 4, 10)
+    data = str(tmp_path / "tokens.safetensors")
+    save_file({"tokens": tokens, "text": text}, data, metadata={"tokenizer": "taming.vqgan:x", "factor": "16"})
+    out = str(tmp_path / "model.safetensors")
+    trained = train.main(["--tokens", data, "--out", out, "--dim", "16", "--depth", "1", "--heads", "2",
+                          "--patch", "2", "2", "--extents", "1", "1", "0", "--canvas", "2", "2",
+                          "--batch", "2", "--steps", "3", "--threads", "1"])
+    loaded = checkpoint.load_infinity(out)
+    assert loaded.config == trained.config
+    assert (loaded.config.n_embed, loaded.config.text_dim, loaded.extents) == (20, 10, config.Extents(1, 1, 0))
+    assert (loaded.tokenizer, loaded.factor) == ("taming.vqgan:x", 16)
+    resumed = train.main(["--tokens", data, "--out", out, "--resume", out, "--steps", "1", "--threads", "1",
+                          "--canvas", "2", "2"])
+    assert resumed.config == loaded.config
+    with pytest.raises(errors.BoundlessError, match="training data"):
+        train.main(["--out", out])
