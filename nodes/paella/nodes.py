@@ -51,6 +51,14 @@ def _load(patcher):
     return comfy_glue.load_for_use(patcher)
 
 
+def _setup(model_patcher, vqgan_patcher, sampler):
+    """Load the model pair and refuse mismatched versions / tokenizers before anything else."""
+    net, tok = _load(model_patcher), _load(vqgan_patcher)
+    pipeline.check_sampler(net, sampler)
+    pipeline.check_vqgan(net, tok)
+    return net, tok
+
+
 def _image_out(image_b3hw: torch.Tensor) -> torch.Tensor:
     return image_b3hw.movedim(1, -1).float().to(comfy_glue.output_device())
 
@@ -315,7 +323,7 @@ class PaellaTextToImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vqgan, sampler, positive, width, height, batch_size, seed, negative=None):
-        net, tok = _load(model), _load(vqgan)
+        net, tok = _setup(model, vqgan, sampler)
         grid = pipeline.token_grid(net, tok, width, height)
         indices = _generate(net, tok, sampler, positive, negative, seed=seed, batch=batch_size, grid=grid)
         return io.NodeOutput(_image_out(_decode(tok, indices)), _tokens_out(tok, indices))
@@ -341,7 +349,7 @@ class PaellaInpaint(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vqgan, sampler, positive, image, mask, seed, paste_original, negative=None):
-        net, tok = _load(model), _load(vqgan)
+        net, tok = _setup(model, vqgan, sampler)
         original_b3hw = _image_in(image)
         batch, _, height, width = original_b3hw.shape
         pixel_mask = normalize_mask(mask, height, width)
@@ -381,7 +389,7 @@ class PaellaVariations(io.ComfyNode):
     @classmethod
     def execute(cls, model, vqgan, sampler, clip_vision_output, width, height, batch_size, seed,
                 positive=None, negative=None):
-        net, tok = _load(model), _load(vqgan)
+        net, tok = _setup(model, vqgan, sampler)
         grid = pipeline.token_grid(net, tok, width, height)
         vectors = clip_vision_output["image_embeds"]
         if pipeline.version_of(net) == "v1":
@@ -413,7 +421,7 @@ class PaellaInterpolate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vqgan, sampler, positive_a, positive_b, width, height, frames, seed, negative=None):
-        net, tok = _load(model), _load(vqgan)
+        net, tok = _setup(model, vqgan, sampler)
         grid = pipeline.token_grid(net, tok, width, height)
         mixes = [paella_conditioning.interpolate(positive_a, positive_b, f / (frames - 1)) for f in range(frames)]
         steps = sampler.steps
@@ -448,7 +456,7 @@ class PaellaStructuralEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vqgan, sampler, tokens, positive, strength, seed, negative=None):
-        net, tok = _load(model), _load(vqgan)
+        net, tok = _setup(model, vqgan, sampler)
         start = pipeline.from_tokens(tok, tokens, "Paella Structural Edit")
         height, width = tokens.pixel_size
         grid = pipeline.token_grid(net, tok, width, height)

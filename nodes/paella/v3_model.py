@@ -260,17 +260,17 @@ class PaellaV3(nn.Module):
         level_outputs = []
         for level in self.down_blocks:
             for block in level:
-                x = self._apply(block, x, r_emb_br, cond_blc, attn_weights)
+                x = self._run_block(block, x, r_emb_br, cond_blc, attn_weights)
             level_outputs.insert(0, x)
         x = level_outputs[0]
         for i, level in enumerate(self.up_blocks):
             for j, block in enumerate(level):
                 skip = level_outputs[i] if isinstance(block, ResBlock) and j == 0 and i > 0 else None
-                x = self._apply(block, x, r_emb_br, cond_blc, attn_weights, skip)
+                x = self._run_block(block, x, r_emb_br, cond_blc, attn_weights, skip)
         return self.out_mapper(self.clf(x))
 
     @staticmethod
-    def _apply(block, x, r_emb_br, cond_blc, attn_weights, skip=None):
+    def _run_block(block, x, r_emb_br, cond_blc, attn_weights, skip=None):
         if isinstance(block, ResBlock):
             return block(x, skip)
         if isinstance(block, TimestepBlock):
