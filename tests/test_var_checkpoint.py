@@ -153,4 +153,4 @@ def test_loading_leaves_the_global_rng_and_torch_defaults_alone(tmp_path):
 def test_half_precision_load_keeps_the_config(tmp_path):
     path = _save(transformer_state_dict(), tmp_path / "t.safetensors")
     model = checkpoint.load_transformer(path, dtype=torch.bfloat16)
-    assert model.dtype == torch.bfloat16 and model.config == tiny_transformer_config()
+    assert model.weight_dtype == torch.bfloat16 and model.config == tiny_transformer_config()

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Tiny random-weight VAR checkpoints in the official key layout, for tests and workflow runs.
 
-``python tests/var_tiny.py OUT_DIR`` (or the test server's ``write_test_models`` hook) writes ``var_tiny_vae.safetensors`` (VQVAE, base width 32,
-16 latent channels, 256 codes) and ``var_tiny_d2.safetensors`` (transformer depth 2, width 64,
-256-px schedule) into OUT_DIR, e.g. a test server's ``models/var``. Like the released files they
+``python tests/var_tiny.py OUT_DIR`` (or the test server's ``write_test_models`` hook) writes
+``var_tiny_vae.safetensors`` (VQVAE, base width 32, 16 latent channels, 256 codes),
+``var_tiny_d2.safetensors`` (transformer depth 2, width 64, 256-px schedule) and
+``var_tiny_d2_512.safetensors`` (the same on the 512-px schedule, without buffers) into OUT_DIR,
+e.g. a test server's ``models/var``. Like the released files they
 carry the recomputable buffers (``lvl_1L``, ``attn_bias_for_masking``, ``zero_k_bias``,
-``ema_vocab_hit_SV``). Weights are drawn with a fixed seed inside a forked RNG (no global effect),
+``ema_vocab_hit_SV``). Weights are drawn from a seeded private generator (no global RNG use),
 scaled so that logits and images vary visibly (the authors' own init would make AdaLN near-identity).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ vqvae_mod = pack_module("nodes.var.vqvae")
 
 VAE_FILE = "var_tiny_vae.safetensors"
 TRANSFORMER_FILE = "var_tiny_d2.safetensors"
+TRANSFORMER_512_FILE = "var_tiny_d2_512.safetensors"   # 512-px schedule, saved without buffers
 
 
 def tiny_vqvae_config(latent_channels: int = 16, vocab_size: int = 256):
@@ -99,9 +102,11 @@ def transformer_state_dict(config=None, seed: int = 1, with_buffers: bool = True
 def write_files(out_dir: pathlib.Path) -> list[pathlib.Path]:
     from safetensors.torch import save_file
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / VAE_FILE, out_dir / TRANSFORMER_FILE]
+    paths = [out_dir / VAE_FILE, out_dir / TRANSFORMER_FILE, out_dir / TRANSFORMER_512_FILE]
     save_file(vqvae_state_dict(), str(paths[0]))
     save_file(transformer_state_dict(), str(paths[1]))
+    config512 = tiny_transformer_config(patch_nums=schedule.SCHEDULE_512)
+    save_file(transformer_state_dict(config512, with_buffers=False), str(paths[2]))
     return paths
 
 

@@ -147,6 +147,7 @@ def keep_maps_from_mask(keep_hw: torch.Tensor, patch_nums: tuple[int, ...]) -> t
     return tuple(maps)
 
 
+# running f_hat [B,Cvae,P,P] -> preview IMAGE [1,H,W,3] in [0, 1]
 PreviewDecoder = Callable[[torch.Tensor], Optional[torch.Tensor]]
 
 
@@ -167,7 +168,7 @@ def sample(transformer: VARTransformer, vae: VQVAE, batch_size: int, generator: 
                              f"{config.vocab_size} codes, but this VQVAE has {vae.config.latent_channels} and "
                              f"{vae.config.vocab_size}; use the VQVAE released with this transformer")
     labels_b = resolve_labels(labels, batch_size, config.num_classes, generator)
-    device = transformer.device
+    device = transformer.weight_device
     quantizer = vae.quantize
     codebook_vc = quantizer.codebook.float()
     last = len(patch_nums) - 1
@@ -222,6 +223,14 @@ def _lazy_preview(preview: PreviewDecoder | None, f_hat_bchw: torch.Tensor):
     if preview is None:
         return None
     return lambda: preview(f_hat_bchw)
+
+
+def decoded_preview(vae: VQVAE) -> PreviewDecoder:
+    """Preview = the first image decoded from the running ``f_hat``: coarse scales look blurred,
+    and each scale sharpens it. Costs one single-image VQVAE decode per scale."""
+    def decode(f_hat_bchw: torch.Tensor) -> torch.Tensor:
+        return ((vae.decode_fhat(f_hat_bchw[:1]) + 1) * 0.5).permute(0, 2, 3, 1).cpu()
+    return decode
 
 
 def edit_guide(vae: VQVAE, image_bchw: torch.Tensor, keep_hw: torch.Tensor,

@@ -173,21 +173,21 @@ class VARTransformer(nn.Module):
         self.head = nn.Linear(c, config.vocab_size)
 
     @property
-    def dtype(self) -> torch.dtype:
+    def weight_dtype(self) -> torch.dtype:
         return self.word_embed.weight.dtype
 
     @property
-    def device(self) -> torch.device:
+    def weight_device(self) -> torch.device:
         return self.word_embed.weight.device
 
     def level_positions(self) -> torch.Tensor:
         """``lvl_embed(level(t)) + pos_1LC[t]`` for every position, ``[1, L, C]``."""
-        level_l = levels(self.config.patch_nums).to(self.device)
+        level_l = levels(self.config.patch_nums).to(self.weight_device)
         return self.lvl_embed.weight[level_l].unsqueeze(0) + self.pos_1LC
 
     def condition(self, labels_b: torch.Tensor) -> torch.Tensor:
         """Class embedding ``[B,C]`` (row N is the unconditional class)."""
-        return self.class_emb(labels_b.to(self.device))
+        return self.class_emb(labels_b.to(self.weight_device))
 
     def block_condition(self, cond_bc: torch.Tensor) -> torch.Tensor:
         """What every block's AdaLN reads: the class vector, or the shared projection ``[B,1,6,C]``."""
@@ -202,7 +202,7 @@ class VARTransformer(nn.Module):
     def scale_tokens(self, inputs_blv: torch.Tensor, scale: int, lvl_pos_1lc: torch.Tensor) -> torch.Tensor:
         """Tokens of scale ``scale`` >= 1 from their ``[B, pn^2, Cvae]`` input vectors."""
         start, end = scale_starts(self.config.patch_nums)[scale:scale + 2]
-        return self.word_embed(inputs_blv.to(self.dtype)) + lvl_pos_1lc[:, start:end]
+        return self.word_embed(inputs_blv.to(self.weight_dtype)) + lvl_pos_1lc[:, start:end]
 
     def run_blocks(self, x_blc: torch.Tensor, block_cond: torch.Tensor, attn_mask_ll: torch.Tensor | None = None,
                    cache: KVCache | None = None) -> torch.Tensor:
@@ -227,6 +227,6 @@ class VARTransformer(nn.Module):
         cond_bc = self.condition(labels_b)
         lvl_pos_1lc = self.level_positions()
         x_blc = torch.cat((self.start_tokens(cond_bc, lvl_pos_1lc),
-                           self.word_embed(inputs_blv.to(self.dtype)) + lvl_pos_1lc[:, 1:]), dim=1)
-        mask_ll = block_causal_mask(self.config.patch_nums).to(self.device)
+                           self.word_embed(inputs_blv.to(self.weight_dtype)) + lvl_pos_1lc[:, 1:]), dim=1)
+        mask_ll = block_causal_mask(self.config.patch_nums).to(self.weight_device)
         return self.logits(self.run_blocks(x_blc, self.block_condition(cond_bc), mask_ll), cond_bc)

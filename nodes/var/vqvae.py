@@ -270,16 +270,16 @@ class VQVAE(nn.Module):
         self.quantize = MultiScaleQuantizer(config)
 
     @property
-    def dtype(self) -> torch.dtype:
+    def weight_dtype(self) -> torch.dtype:
         return self.quant_conv.weight.dtype
 
     @property
-    def device(self) -> torch.device:
+    def weight_device(self) -> torch.device:
         return self.quant_conv.weight.device
 
     def encode_latent(self, image_bchw: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] -> pre-quantisation latent ``quant_conv(encoder(x))`` in float32."""
-        return self.quant_conv(self.encoder(image_bchw.to(self.dtype))).float()
+        return self.quant_conv(self.encoder(image_bchw.to(self.weight_dtype))).float()
 
     def check_image(self, image_bchw: torch.Tensor, patch_nums: tuple[int, ...]) -> None:
         side = patch_nums[-1] * PIXELS_PER_TOKEN
@@ -312,7 +312,7 @@ class VQVAE(nn.Module):
 
     def decode_fhat(self, f_hat_bchw: torch.Tensor) -> torch.Tensor:
         """``f_hat`` -> image in [-1, 1] (clamped)."""
-        return self.decoder(self.post_quant_conv(f_hat_bchw.to(self.dtype))).float().clamp(-1.0, 1.0)
+        return self.decoder(self.post_quant_conv(f_hat_bchw.to(self.weight_dtype))).float().clamp(-1.0, 1.0)
 
     def indices_to_image(self, maps: list[torch.Tensor], patch_nums) -> torch.Tensor:
         """K token maps -> image ``[B,3,16P,16P]`` in [-1, 1]."""
