@@ -6,6 +6,7 @@ imported when the pack runs inside ComfyUI. Pure-torch modules never import it.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -75,12 +76,22 @@ def output_device() -> torch.device:
     return mm.intermediate_device()
 
 
-def progress_reporter(total: int, preview_size: int = 512):
-    """A ``Progress`` callable backed by a ComfyUI ProgressBar; it raises on interrupt."""
+def progress_reporter(total: int, preview_size: int = 512, min_interval: float = 0.25):
+    """A ``Progress`` callable backed by a ComfyUI ProgressBar; it raises on interrupt.
+
+    Every call is an interrupt point. The bar itself (a websocket message) is updated at most every
+    ``min_interval`` seconds, and always when a preview is offered or the loop finishes, so loops
+    may report per token without flooding the client.
+    """
     bar = comfy.utils.ProgressBar(total)
+    last = [0.0]
 
     def report(done: int, total_now: int, preview: Preview = None) -> None:
         mm.throw_exception_if_processing_interrupted()
+        now = time.monotonic()
+        if preview is None and done < total_now and now - last[0] < min_interval:
+            return
+        last[0] = now
         shown = None
         if preview is not None:
             image = preview()

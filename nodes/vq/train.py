@@ -131,6 +131,12 @@ def save_vqgan(model: VQGAN, path: pathlib.Path, metadata: dict) -> None:
                                           for k, v in metadata.items()})
 
 
+def load_metadata(path: pathlib.Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Train a small taming-layout VQGAN on images.")
     p.add_argument("images", nargs="+", type=pathlib.Path, help="image files or folders")
@@ -149,6 +155,7 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=20.0, help="stop after this much wall time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", type=pathlib.Path, help="continue from this checkpoint (its architecture wins)")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -159,8 +166,12 @@ def main(argv=None):
     levels = tuple(int(m) for m in args.ch_mult.split(","))
     cfg = VQGANConfig(ch=args.ch, ch_mult=levels, num_res_blocks=1, attn_levels=(len(levels) - 1,),
                       z_channels=args.z_channels, embed_dim=args.embed_dim, n_embed=args.n_embed)
-    model = VQGAN(cfg).train()
-    init_codebook_from_data(model, sampler, args.batch)
+    if args.resume:
+        from .loader import load_vqgan
+        model = load_vqgan(str(args.resume)).float().train().requires_grad_(True)
+    else:
+        model = VQGAN(cfg).train()
+        init_codebook_from_data(model, sampler, args.batch)
     codebook = EMACodebook(model)
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))
@@ -174,7 +185,8 @@ def main(argv=None):
         if step % 50 == 0 or step == 1:
             print(json.dumps({"step": step, "min": round((time.time() - start) / 60, 2), **stats}), flush=True)
     model.eval()
-    save_vqgan(model, args.out, {"format": "taming.vqgan", "steps": step, "files": [f.name for f in files],
+    previous = int(load_metadata(args.resume).get("steps", 0)) if args.resume else 0
+    save_vqgan(model, args.out, {"format": "taming.vqgan", "steps": previous + step, "files": [f.name for f in files],
                                  "config": vars(args) | {"images": [str(s) for s in args.images],
                                                          "out": str(args.out)}})
     print(f"saved {args.out} after {step} steps")

@@ -1,0 +1,329 @@
+"""ComfyUI nodes for NUWA-Infinity: load, make canvas states, generate, outpaint, decode, save/resume.
+
+The canvas travels between nodes as a ``CanvasState`` on the ``BOUNDLESS_NCP_STATE`` socket. Nodes
+never modify a state they receive: generation works on a copy, so every output stays valid and can
+be reused by other branches of the graph (ComfyUI caches outputs).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import folder_paths
+
+from ..common import comfy_glue, sockets
+from ..common.errors import BoundlessError
+from ..common.tokens import Tokens, fingerprint
+from ..vq.loader import KIND as VQGAN_KIND
+from ..vq.tiling import decode_tiled
+from .adc import ORDERS
+from .checkpoint import load_infinity
+from .config import Extents
+from .render import PatchPreview, decode_state, require_tokenizer
+from .sampler import DEFAULT_MAX_POOL_BYTES, outpaint, run
+from .state import CanvasState, empty_state, plan_fill, plan_outpaint, state_from_tokens
+
+InfinityModel = io.Custom("BOUNDLESS_INFINITY")
+NCPState = io.Custom("BOUNDLESS_NCP_STATE")
+STATE_FOLDER = "infinity_states"
+DIRECTIONS = {"right": [("right",)], "left": [("left",)], "down": [("down",)], "up": [("up",)],
+              "left+right": [("left",), ("right",)], "up+down": [("up",), ("down",)],
+              "all sides": [("left",), ("right",), ("up",), ("down",)]}
+
+
+def _extent_inputs():
+    return [io.Int.Input("e_w", default=1, min=0, max=8, tooltip="NCP extent across columns: how many patches "
+                         "left/right of the current one it sees. At most what the model was trained for."),
+            io.Int.Input("e_h", default=1, min=0, max=8, tooltip="NCP extent across rows (patches above/below)."),
+            io.Int.Input("e_f", default=0, min=0, max=8, tooltip="NCP extent back in time (frames), for video.")]
+
+
+def _sampling_inputs():
+    return [io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                         tooltip="Each patch draws from its own generator seeded from this seed and its "
+                                 "position, so a resumed run gives the same canvas."),
+            io.Float.Input("temperature", default=1.0, min=0.0, max=3.0, step=0.05,
+                           tooltip="Sampling temperature; 0 picks the most likely token (greedy)."),
+            io.Int.Input("top_k", default=64, min=0, max=65536,
+                         tooltip="Sample among the k most likely tokens; 0 = all tokens."),
+            sockets.VQGANModel.Input("preview_vqgan", optional=True,
+                                     tooltip="Optional: the VQGAN of the model, for a live preview of the "
+                                             "growing canvas in the progress bar.")]
+
+
+def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan) -> CanvasState:
+    """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
+
+    On interrupt the partly generated state is saved under output/infinity_states/ (every patch
+    committed so far is kept), so ``Load NCP State`` + ``Infinity Resume`` can finish it later.
+    """
+    model = comfy_glue.load_for_use(patcher)
+    preview = None
+    if preview_vqgan is not None:
+        vqgan = comfy_glue.load_for_use(preview_vqgan)
+        require_tokenizer(state, fingerprint(VQGAN_KIND, vqgan.quantize.embedding.weight), vqgan.factor)
+        painter = PatchPreview(vqgan, state)
+        preview = painter.update
+    total = state.plan.n_generate * model.config.tokens_per_patch
+    budget = min(DEFAULT_MAX_POOL_BYTES, comfy_glue.free_memory() // 2)
+    try:
+        run(model, state, seed=seed, temperature=temperature, top_k=top_k, progress_unit="token",
+            progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget)
+    except mm.InterruptProcessingException:
+        path = _save_path("interrupted")
+        state.save(path)
+        logging.warning("[Boundless] NUWA-Infinity interrupted after %d of %d steps; state saved to %s "
+                        "(load it with 'Load NCP State' and continue with 'Infinity Resume')",
+                        state.step, state.plan.n_steps, path)
+        raise
+    return state
+
+
+def _state_dir() -> str:
+    folder = os.path.join(folder_paths.get_output_directory(), STATE_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _save_path(prefix: str) -> str:
+    safe = "".join(ch for ch in prefix if ch.isalnum() or ch in "-_") or "state"
+    return os.path.join(_state_dir(), f"{safe}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}.safetensors")
+
+
+class InfinityModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessInfinityModelLoader", display_name="Infinity Model Loader",
+            category="Boundless/infinity",
+            description="Load a NUWA-Infinity token decoder (trained with this pack) from models/infinity.",
+            inputs=[io.Combo.Input("model_name", options=comfy_glue.model_files("infinity"),
+                                   tooltip="Checkpoint in models/infinity (the pack ships "
+                                           "boundless_demo_panorama.safetensors).")],
+            outputs=[InfinityModel.Output(display_name="model")])
+
+    @classmethod
+    def execute(cls, model_name) -> io.NodeOutput:
+        return io.NodeOutput(comfy_glue.managed(load_infinity(comfy_glue.model_path("infinity", model_name))))
+
+
+class NCPStateEmpty(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessNCPStateEmpty", display_name="NCP State (empty)", category="Boundless/infinity",
+            description="A blank canvas of cols x rows patches for NUWA-Infinity to fill "
+                        "(fill it with 'Infinity Outpaint Step', direction 'fill').",
+            inputs=[InfinityModel.Input("model", tooltip="The Infinity model that will fill the canvas."),
+                    io.Int.Input("cols", default=4, min=1, max=4096, tooltip="Canvas width in patches."),
+                    io.Int.Input("rows", default=1, min=1, max=4096, tooltip="Canvas height in patches."),
+                    io.Int.Input("batch", default=1, min=1, max=64, tooltip="Canvases generated side by side."),
+                    *_extent_inputs(),
+                    io.Boolean.Input("wrap", default=False, tooltip="360° panorama: the right edge conditions "
+                                                                     "on the left, so the canvas loops.")],
+            outputs=[NCPState.Output(display_name="state")])
+
+    @classmethod
+    def execute(cls, model, cols, rows, batch, e_w, e_h, e_f, wrap) -> io.NodeOutput:
+        return io.NodeOutput(empty_state(model.model, cols, rows, 1, batch, Extents(e_w, e_h, e_f), wrap))
+
+
+class NCPStateFromTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessNCPStateFromTokens", display_name="NCP State from Tokens",
+            category="Boundless/infinity",
+            description="Start a canvas from an encoded image (VQGAN Encode): its patches are pre-cached into "
+                        "the Nearby Context Pool before anything new is generated next to them.",
+            inputs=[InfinityModel.Input("model", tooltip="The Infinity model that will extend the image."),
+                    sockets.Tokens.Input("tokens", tooltip="Tokens of the start image, from VQGAN Encode with the "
+                                                           "model's VQGAN. Its size must be whole patches."),
+                    *_extent_inputs(),
+                    io.Boolean.Input("wrap", default=False, tooltip="Treat the canvas as a 360° loop.")],
+            outputs=[NCPState.Output(display_name="state")])
+
+    @classmethod
+    def execute(cls, model, tokens: Tokens, e_w, e_h, e_f, wrap) -> io.NodeOutput:
+        net = model.model
+        if net.tokenizer and tokens.tokenizer != net.tokenizer:
+            raise BoundlessError("these tokens come from another VQGAN than the one this Infinity model was "
+                                 "trained on; encode the image with the model's VQGAN")
+        ph, pw = net.config.patch_h, net.config.patch_w
+        _, h, w = tokens.indices.shape
+        if h % ph or w % pw:
+            f = tokens.factor
+            raise BoundlessError(f"the image is {w * f}x{h * f} px, not a whole number of {pw * f}x{ph * f}-px "
+                                 "patches; crop or resize it to multiples of the patch size")
+        state = state_from_tokens(net, tokens.indices, Extents(e_w, e_h, e_f), wrap, tokens.tokenizer, tokens.factor)
+        return io.NodeOutput(state)
+
+
+class InfinityGenerateCanvas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessInfinityGenerateCanvas", display_name="Infinity Generate Canvas",
+            category="Boundless/infinity",
+            description="Generate a canvas of any size from nothing, patch by patch (autoregression over "
+                        "patches) and token by token inside each patch; memory per patch stays flat.",
+            inputs=[InfinityModel.Input("model", tooltip="NUWA-Infinity model."),
+                    io.Int.Input("width_patches", default=16, min=1, max=4096,
+                                 tooltip="Canvas width in patches (256 px each for the demo model)."),
+                    io.Int.Input("height_patches", default=2, min=1, max=4096, tooltip="Canvas height in patches."),
+                    io.Combo.Input("order", options=list(ORDERS), default="down",
+                                   tooltip="Patch order: 'down' fills column by column left to right (best for "
+                                           "wide canvases), 'right' row by row; 'left'/'up' mirror them."),
+                    io.Int.Input("batch", default=1, min=1, max=64, tooltip="Canvases generated side by side."),
+                    *_extent_inputs(),
+                    io.Boolean.Input("wrap", default=False, tooltip="360° panorama: the last column conditions "
+                                                                     "on the first, so the image loops."),
+                    *_sampling_inputs()],
+            outputs=[NCPState.Output(display_name="state")])
+
+    @classmethod
+    def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
+                temperature, top_k, preview_vqgan=None) -> io.NodeOutput:
+        state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
+                                      Extents(e_w, e_h, e_f), wrap), order)
+        return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan))
+
+
+class InfinityOutpaintStep(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessInfinityOutpaintStep", display_name="Infinity Outpaint Step",
+            category="Boundless/infinity",
+            description="Extend a canvas by N patches in a direction (chain several steps to grow it any way). "
+                        "The known patches along the border are pre-cached first, so new patches continue them.",
+            inputs=[InfinityModel.Input("model", tooltip="The model the state was made with."),
+                    NCPState.Input("state", tooltip="Canvas to extend (left unchanged: a new state is output)."),
+                    io.Combo.Input("direction", options=[*DIRECTIONS, "fill"], default="right",
+                                   tooltip="Where to add patches. 'fill' only generates the canvas's unknown "
+                                           "patches (e.g. a blank NCP State)."),
+                    io.Int.Input("patches", default=2, min=1, max=4096,
+                                 tooltip="How many patch columns/rows to add on each chosen side."),
+                    *_sampling_inputs()],
+            outputs=[NCPState.Output(display_name="state")])
+
+    @classmethod
+    def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
+                preview_vqgan=None) -> io.NodeOutput:
+        state.require_model(model.model)
+        if direction == "fill":
+            planned = plan_fill(state, "down" if state.grid[2] >= state.grid[1] else "right")
+        else:
+            planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
+        return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan))
+
+
+class InfinityResume(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessInfinityResume", display_name="Infinity Resume", category="Boundless/infinity",
+            description="Finish the plan of an interrupted canvas state (from Load NCP State). Same seed, same "
+                        "result as an uninterrupted run.",
+            inputs=[InfinityModel.Input("model", tooltip="The model the state was made with."),
+                    NCPState.Input("state", tooltip="A state whose generation was interrupted."),
+                    *_sampling_inputs()],
+            outputs=[NCPState.Output(display_name="state")])
+
+    @classmethod
+    def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None) -> io.NodeOutput:
+        state.require_model(model.model)
+        return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan))
+
+
+class NCPStateToTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessNCPStateToTokens", display_name="NCP State → Tokens", category="Boundless/infinity",
+            description="The canvas's token map, for VQGAN Decode or other token nodes.",
+            inputs=[NCPState.Input("state", tooltip="A finished canvas state."),
+                    io.Int.Input("frame", default=0, min=0, max=100000, tooltip="Which frame (0 for images).")],
+            outputs=[sockets.Tokens.Output(display_name="tokens")])
+
+    @classmethod
+    def execute(cls, state: CanvasState, frame) -> io.NodeOutput:
+        tokens = state.frame_tokens(frame)
+        if bool((tokens < 0).any()):
+            raise BoundlessError("the canvas still has patches that were never generated; run an Outpaint Step "
+                                 "with direction 'fill' (or Infinity Resume) first")
+        if not state.tokenizer or not state.factor:
+            raise BoundlessError("this model was trained without recording its VQGAN, so its tokens cannot be "
+                                 "tagged for VQGAN Decode; use 'NCP State → Image' with the right VQGAN")
+        return io.NodeOutput(Tokens(scales=(tokens,), tokenizer=state.tokenizer, factor=state.factor))
+
+
+class NCPStateToImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessNCPStateToImage", display_name="NCP State → Image", category="Boundless/infinity",
+            description="Decode the canvas with the model's VQGAN (patches not generated yet are grey). "
+                        "360° canvases are decoded with circular padding so the seam is invisible.",
+            inputs=[NCPState.Input("state", tooltip="Canvas state to show."),
+                    sockets.VQGANModel.Input("vqgan", tooltip="The VQGAN the Infinity model was trained with."),
+                    io.Int.Input("frame", default=0, min=0, max=100000, tooltip="Which frame (0 for images)."),
+                    io.Int.Input("tile_size", default=0, min=0, max=8192, step=16,
+                                 tooltip="0 = decode in one pass; otherwise in tiles of this many pixels "
+                                         "(bounded memory for huge canvases)."),
+                    io.Int.Input("tile_margin", default=64, min=0, max=1024, step=16,
+                                 tooltip="Context pixels around each tile.")],
+            outputs=[io.Image.Output(display_name="image")])
+
+    @classmethod
+    def execute(cls, state: CanvasState, vqgan, frame, tile_size, tile_margin) -> io.NodeOutput:
+        model = comfy_glue.load_for_use(vqgan)
+        require_tokenizer(state, fingerprint(VQGAN_KIND, model.quantize.embedding.weight), model.factor)
+        image = decode_state(model, state, frame,
+                             decode=lambda idx: decode_tiled(model, idx, tile_size, tile_margin),
+                             progress=comfy_glue.progress_reporter(1))
+        return io.NodeOutput(image.to(comfy_glue.output_device()))
+
+
+class SaveNCPState(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessSaveNCPState", display_name="Save NCP State", category="Boundless/infinity",
+            description="Write a canvas state (tokens, plan and live NCP caches) to output/infinity_states/ "
+                        "so it can be loaded and continued later.",
+            inputs=[NCPState.Input("state", tooltip="State to save."),
+                    io.String.Input("filename_prefix", default="canvas", tooltip="Start of the file name.")],
+            outputs=[], is_output_node=True)
+
+    @classmethod
+    def execute(cls, state: CanvasState, filename_prefix) -> io.NodeOutput:
+        path = _save_path(filename_prefix)
+        state.save(path)
+        return io.NodeOutput(ui={"text": [os.path.relpath(path, folder_paths.get_output_directory())]})
+
+
+class LoadNCPState(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        files = sorted(f for f in os.listdir(_state_dir()) if f.endswith(".safetensors"))
+        return io.Schema(
+            node_id="BoundlessLoadNCPState", display_name="Load NCP State", category="Boundless/infinity",
+            description="Load a canvas state saved by Save NCP State or by an interrupted generation.",
+            inputs=[io.Combo.Input("state_file", options=files,
+                                   tooltip="A file in output/infinity_states/ (interrupted runs are saved there "
+                                           "as interrupted_*.safetensors).")],
+            outputs=[NCPState.Output(display_name="state")])
+
+    @classmethod
+    def execute(cls, state_file) -> io.NodeOutput:
+        path = os.path.join(_state_dir(), os.path.basename(state_file))
+        return io.NodeOutput(CanvasState.load(path))
+
+
+NODES = [InfinityModelLoader, NCPStateEmpty, NCPStateFromTokens, InfinityGenerateCanvas, InfinityOutpaintStep,
+         InfinityResume, NCPStateToTokens, NCPStateToImage, SaveNCPState, LoadNCPState]

@@ -1,0 +1,144 @@
+"""NUWA-Infinity nodes through the real server, on the tiny random-weight models."""
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+
+import pytest
+import requests
+import torch
+
+from comfy_server import PromptError
+from infinity_tiny import TINY_NAME, TINY_TEXT_NAME
+from vq_tiny import TINY_NAME as VQ_TINY
+
+pytestmark = pytest.mark.server
+PATCH_PX = 2 * 16    # tiny Infinity patches are 2x2 tokens of the f16 tiny VQGAN
+
+
+def loaders(model=TINY_NAME):
+    return {"m": {"class_type": "BoundlessInfinityModelLoader", "inputs": {"model_name": model}},
+            "v": {"class_type": "BoundlessVQGANLoader", "inputs": {"vqgan_name": VQ_TINY}}}
+
+
+def sampling(seed):
+    return {"seed": seed, "temperature": 1.0, "top_k": 0}
+
+
+def generate(cols, rows, seed=1, order="down", wrap=False, e_w=1, preview=True):
+    inputs = {"model": ["m", 0], "width_patches": cols, "height_patches": rows, "order": order, "batch": 1,
+              "e_w": e_w, "e_h": 1, "e_f": 0, "wrap": wrap, **sampling(seed)}
+    if preview:
+        inputs["preview_vqgan"] = ["v", 0]
+    return {"class_type": "BoundlessInfinityGenerateCanvas", "inputs": inputs}
+
+
+def to_image(state_ref):
+    return {"class_type": "BoundlessNCPStateToImage",
+            "inputs": {"state": state_ref, "vqgan": ["v", 0], "frame": 0, "tile_size": 0, "tile_margin": 64}}
+
+
+def preview(image_ref):
+    return {"class_type": "PreviewImage", "inputs": {"images": image_ref}}
+
+
+def image_graph(cols, rows, seed=1, **kw):
+    return {**loaders(), "g": generate(cols, rows, seed, **kw), "d": to_image(["g", 0]), "p": preview(["d", 0])}
+
+
+def pixels(comfy, outputs, node="p"):
+    import numpy as np
+    return torch.from_numpy(np.array(comfy.images(outputs, node)[0].convert("RGB"))).float()
+
+
+def test_generate_canvas_size_and_seed_reproducibility(comfy):
+    a = pixels(comfy, comfy.run(image_graph(5, 2, seed=3)))
+    assert tuple(a.shape) == (2 * PATCH_PX, 5 * PATCH_PX, 3)
+    b = pixels(comfy, comfy.run(image_graph(5, 2, seed=3, preview=False)))
+    assert torch.equal(a, b)          # same seed, same canvas (the preview changes nothing)
+    c = pixels(comfy, comfy.run(image_graph(5, 2, seed=4)))
+    assert not torch.equal(a, c)
+
+
+def test_outpaint_keeps_the_given_patches_and_places_them(comfy):
+    """Encode an image, outpaint left by 2 patches: the original tokens sit at column 2 onwards."""
+    graph = {**loaders(),
+             "i": {"class_type": "EmptyImage", "inputs": {"width": 2 * PATCH_PX, "height": PATCH_PX, "batch_size": 1,
+                                                          "color": 0x3366CC}},
+             "e": {"class_type": "BoundlessVQGANEncode", "inputs": {"vqgan": ["v", 0], "image": ["i", 0],
+                                                                    "size_policy": "error", "tile_size": 0,
+                                                                    "tile_margin": 64}},
+             "s": {"class_type": "BoundlessNCPStateFromTokens", "inputs": {"model": ["m", 0], "tokens": ["e", 0],
+                                                                           "e_w": 1, "e_h": 1, "e_f": 0,
+                                                                           "wrap": False}},
+             "o": {"class_type": "BoundlessInfinityOutpaintStep", "inputs": {"model": ["m", 0], "state": ["s", 0],
+                                                                            "direction": "left", "patches": 2,
+                                                                            **sampling(5)}},
+             "d": to_image(["o", 0]), "p": preview(["d", 0])}
+    out = pixels(comfy, comfy.run(graph))
+    assert tuple(out.shape) == (PATCH_PX, 4 * PATCH_PX, 3)
+
+
+def test_bad_input_errors(comfy):
+    cases = [
+        ({**loaders(), "g": generate(3, 2, e_w=3), "d": to_image(["g", 0]), "p": preview(["d", 0])},
+         "exceed what this model was trained"),
+        ({**loaders(), "g": generate(4096, 4096), "d": to_image(["g", 0]), "p": preview(["d", 0])},
+         "over the .*-token bound"),
+        ({**loaders(), "i": {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 32, "batch_size": 1,
+                                                                    "color": 0}},
+          "e": {"class_type": "BoundlessVQGANEncode", "inputs": {"vqgan": ["v", 0], "image": ["i", 0],
+                                                                 "size_policy": "error", "tile_size": 0,
+                                                                 "tile_margin": 64}},
+          "s": {"class_type": "BoundlessNCPStateFromTokens", "inputs": {"model": ["m", 0], "tokens": ["e", 0],
+                                                                        "e_w": 1, "e_h": 1, "e_f": 0, "wrap": False}},
+          "d": to_image(["s", 0]), "p": preview(["d", 0])},
+         "not a multiple of the tokenizer's factor|not a whole number"),
+        ({**loaders(), "t": {"class_type": "BoundlessInfinityModelLoader", "inputs": {"model_name": TINY_TEXT_NAME}},
+          "g": generate(2, 1, preview=False),
+          "o": {"class_type": "BoundlessInfinityOutpaintStep", "inputs": {"model": ["t", 0], "state": ["g", 0],
+                                                                         "direction": "right", "patches": 1,
+                                                                         **sampling(1)}},
+          "d": to_image(["o", 0]), "p": preview(["d", 0])},
+         "another NUWA-Infinity model"),
+    ]
+    for graph, message in cases:
+        with pytest.raises(PromptError, match=message):
+            comfy.run(graph)
+
+
+def test_interrupted_generation_is_saved_and_resumes_to_the_same_canvas(comfy):
+    """Interrupt a long generation, load the autosaved state, resume: same tokens as one full run."""
+    cols, rows, seed = 48, 4, 9
+    states = pathlib.Path(comfy.run_dir) / "output" / "infinity_states"
+    before = set(states.glob("interrupted_*.safetensors")) if states.exists() else set()
+    graph = {**loaders(), "g": generate(cols, rows, seed, preview=False),
+             "t": {"class_type": "BoundlessNCPStateToTokens", "inputs": {"state": ["g", 0], "frame": 0}},
+             "d": to_image(["g", 0]), "p": preview(["d", 0])}
+    prompt_id = comfy.queue(graph)
+
+    def interrupt_when_running():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            queue = requests.get(f"{comfy.url}/queue", timeout=10).json()
+            if queue["queue_running"]:
+                time.sleep(1.5)
+                requests.post(f"{comfy.url}/interrupt", json={}, timeout=10)
+                return
+            time.sleep(0.1)
+    thread = threading.Thread(target=interrupt_when_running)
+    thread.start()
+    with pytest.raises(PromptError):
+        comfy.wait(prompt_id, timeout=600)
+    thread.join()
+    saved = sorted(set(states.glob("interrupted_*.safetensors")) - before)
+    assert len(saved) == 1, "the interrupted state was not saved"
+    resume = {**loaders(),
+              "l": {"class_type": "BoundlessLoadNCPState", "inputs": {"state_file": saved[0].name}},
+              "r": {"class_type": "BoundlessInfinityResume", "inputs": {"model": ["m", 0], "state": ["l", 0],
+                                                                       **sampling(seed)}},
+              "d": to_image(["r", 0]), "p": preview(["d", 0])}
+    resumed = pixels(comfy, comfy.run(resume))
+    straight = pixels(comfy, comfy.run(image_graph(cols, rows, seed, preview=False)))
+    assert torch.equal(resumed, straight)
