@@ -160,3 +160,11 @@ def test_v1_spatial_condition_of_constant_map_equals_vector():
     vector = model(tokens, c, r)
     spatial = model(tokens, c[:, :, None, None].expand(-1, -1, 4, 4), r)
     torch.testing.assert_close(spatial, vector, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [paella_tiny.tiny_v3, paella_tiny.tiny_f4, paella_tiny.tiny_prior,
+                                  paella_tiny.tiny_v1, paella_tiny.tiny_f8])
+def test_models_move_and_cast_like_any_module(make):
+    """ComfyUI's memory manager moves models with .to(); nothing may shadow nn.Module internals."""
+    model = make().to(torch.device("cpu")).to(torch.float64).float()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
