@@ -218,3 +218,22 @@ def test_crop_keeps_tokens_and_drops_wrap_unless_full_width():
     crop = state_mod.crop_state(state, 1, 0, 2, 2)
     assert torch.equal(crop.frame_tokens(), tokens[:, :, 2:6]) and not crop.wrap
     assert state_mod.crop_state(state, 0, 1, 4, 1).wrap
+
+
+def test_frame_tokens_marks_or_fills_unknown_patches():
+    model = tiny_model(0)
+    state = state_mod.empty_state(model, 2, 1)
+    assert torch.equal(state.frame_tokens(), torch.full((1, 2, 4), -1))
+    assert torch.equal(state.frame_tokens(fill=5), torch.full((1, 2, 4), 5))
+    with pytest.raises(errors.BoundlessError, match="frame 1"):
+        state.frame_tokens(1)
+    with pytest.raises(errors.BoundlessError, match="another VQGAN"):
+        model.tokenizer = "taming.vqgan:a"
+        state_mod.state_from_tokens(model, torch.zeros(1, 2, 2, dtype=torch.int64), tokenizer="taming.vqgan:b")
+
+
+def test_fingerprint_survives_casting():
+    model = tiny_model(0)
+    state = state_mod.plan_fill(state_mod.empty_state(model, 2, 1), "down")
+    sampler.run(model.to(torch.float64), state)
+    assert state.complete

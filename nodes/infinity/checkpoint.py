@@ -75,6 +75,7 @@ def load_infinity(path: str) -> InfinityTransformer:
     """Load a checkpoint; the model's config comes from the weights themselves (CPU, float32)."""
     state_dict = load_state_dict(path)
     model = build_model(infer_config(state_dict), state_dict, what=f"NUWA-Infinity checkpoint {path}")
+    model.fingerprint()          # fixed now, from the float32 weights of the file
     meta = read_metadata(path)
     if "config" in meta:
         try:

@@ -149,6 +149,7 @@ class InfinityTransformer(nn.Module):
         # The VQGAN the tokens belong to (fingerprint, pixels per token), from checkpoint metadata.
         self.tokenizer = ""
         self.factor = 0
+        self._fingerprint = ""
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -170,11 +171,17 @@ class InfinityTransformer(nn.Module):
         return self.config.trained_extents
 
     def fingerprint(self) -> str:
-        """Stable id of these weights (config plus position tables), stored in canvas states."""
-        digest = hashlib.sha1(self.config.to_json().encode())
-        for tensor in (self.pos_emb, self.order_emb, self.blocks[0].attn.rel_k, self.head.bias):
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return f"infinity:{digest.hexdigest()[:16]}"
+        """Stable id of these weights (config plus position tables), stored in canvas states.
+
+        Computed once — at load time for checkpoints — and kept, so moving or casting the model
+        (ComfyUI may run it in half precision) does not change its identity.
+        """
+        if not self._fingerprint:
+            digest = hashlib.sha1(self.config.to_json().encode())
+            for tensor in (self.pos_emb, self.order_emb, self.blocks[0].attn.rel_k, self.head.bias):
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = f"infinity:{digest.hexdigest()[:16]}"
+        return self._fingerprint
 
     # -- conditioning -----------------------------------------------------------------------------
     def prepare_context(self, context: Sequence[ContextItem]) -> list[Optional[LayerKV]]:
@@ -269,6 +276,10 @@ class PatchDecoder:
             self.v_buf.append(v_buf)
         self.raw_k = torch.empty(cfg.depth, batch, self.t + 1, cfg.dim, dtype=dtype, device=device)
         self.raw_v = torch.empty_like(self.raw_k)
+        # The current patch's own keys/values get the centre row of the relative table.
+        self.shift_k = [block.attn.rel_k[self.center].detach() for block in model.blocks]
+        self.shift_v = [block.attn.rel_v[self.center].detach() for block in model.blocks]
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
         self.batch = batch
         self.fed = 0
 
@@ -287,13 +298,17 @@ class PatchDecoder:
             x = model.tok_emb(token_b.view(self.batch, 1))
         x = x + model.pos_emb[s] + model.order_emb[self.order]                       # [B, 1, dim]
         end = self.n_ctx + s + 1
+        slot = (self.batch, self.heads, self.head_dim)
+        last_layer = len(model.blocks) - 1
         for layer, (block, txt) in enumerate(zip(model.blocks, self.texts)):
             attn = block.attn
-            q, k, v = attn.project(block.norm1(x))
+            q, k, v = attn.project(block.norm1(x))                                 # k, v [B, 1, dim]
             self.raw_k[layer, :, s] = k[:, 0]
             self.raw_v[layer, :, s] = v[:, 0]
-            self.k_buf[layer][:, :, end - 1] = split_heads(k + attn.rel_k[self.center], attn.heads)[:, :, 0]
-            self.v_buf[layer][:, :, end - 1] = split_heads(v + attn.rel_v[self.center], attn.heads)[:, :, 0]
+            self.k_buf[layer][:, :, end - 1] = (k[:, 0] + self.shift_k[layer]).view(slot)
+            self.v_buf[layer][:, :, end - 1] = (v[:, 0] + self.shift_v[layer]).view(slot)
+            if s == self.t and layer == last_layer:
+                break                      # the last token is fed only for its keys/values
             out = F.scaled_dot_product_attention(q, self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end])
             x = x + attn.proj(merge_heads(out))
             if txt is not None:

@@ -71,11 +71,18 @@ class CanvasState:
         """Every patch of the canvas is known."""
         return bool(self.done.all())
 
-    def frame_tokens(self, frame: int = 0) -> torch.Tensor:
-        """Token map ``[B, H_tokens, W_tokens]`` of one frame (``UNKNOWN`` where not generated)."""
+    def frame_tokens(self, frame: int = 0, fill: Optional[int] = None) -> torch.Tensor:
+        """Token map ``[B, H_tokens, W_tokens]`` of one frame.
+
+        Cells not generated yet hold ``UNKNOWN`` (-1), or ``fill`` when given (a code to show there,
+        e.g. for decoding a preview of an unfinished canvas).
+        """
         if not 0 <= frame < self.tokens.shape[1]:
             raise BoundlessError(f"frame {frame} does not exist; the canvas has {self.tokens.shape[1]} frame(s)")
-        return self.tokens[:, frame].clone()
+        tokens = self.tokens[:, frame].clone()
+        if fill is not None:
+            tokens[tokens == UNKNOWN] = fill
+        return tokens
 
     def clone(self) -> "CanvasState":
         pool = None
@@ -176,6 +183,9 @@ def _new_state(model: InfinityTransformer, tokens_bfhw: torch.Tensor, extents: O
     cfg = model.config
     extents = cfg.trained_extents if extents is None else extents
     extents.require_within(cfg.trained_extents)
+    if tokenizer and model.tokenizer and tokenizer != model.tokenizer:
+        raise BoundlessError(f"these tokens come from another VQGAN ({tokenizer}) than the one this NUWA-Infinity "
+                             f"model was trained on ({model.tokenizer}); encode the image with that VQGAN")
     frames, rows, cols = patch_grid_shape(tokens_bfhw, cfg.patch_h, cfg.patch_w)
     _check_canvas_size(frames, rows, cols, cfg.patch_h, cfg.patch_w)
     if wrap and cols < 2 * extents.w + 1:

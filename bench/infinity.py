@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""NUWA-Infinity benchmark: cost per patch vs canvas size, NCP vs full context, KV cache vs none.
+
+``.venv/bin/python bench/infinity.py [--threads 1] [--repeats 3] > infinity.json``
+
+All numbers come from one run on one machine with one small random-weight model (the timings
+depend on the token count per patch and the model width, not on trained weights):
+
+* scaling: seconds and NCP peak memory per patch for canvases of 4, 16, 64 and 256 patches,
+  (a) two-row strips scanned along their length (order "right"), (b) squares scanned in rows;
+* ncp_vs_full: a square canvas (raster) generated with the NCP (extents 1,1,0) and with a
+  full-context baseline that attends to the cached keys/values of *every* previous patch (the same
+  model, extents covering the canvas), i.e. a plain autoregressive transformer with a KV cache:
+  64 patches with the paper's 16×16 tokens per patch (``--full-patch``), and 256 small patches;
+* kv_cache: token-level KV cache inside a patch vs recomputing the patch prefix at every token.
+
+Times are the best of ``--repeats`` runs (the machine is shared); memory is the exact byte count
+of the NCP's caches at their high-water mark (plus CUDA's peak allocation on a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
+from packpath import pack_module  # noqa: E402
+
+config = pack_module("nodes.infinity.config")
+model_mod = pack_module("nodes.infinity.model")
+sampler = pack_module("nodes.infinity.sampler")
+state_mod = pack_module("nodes.infinity.state")
+
+
+def make_model(args, trained: tuple[int, int, int], device: torch.device, patch: int = 0):
+    torch.manual_seed(0)
+    patch = patch or args.patch
+    cfg = config.InfinityConfig(n_embed=args.vocab, dim=args.dim, depth=args.depth, heads=args.heads,
+                                mlp_dim=4 * args.dim, patch_h=patch, patch_w=patch,
+                                trained_extents=config.Extents(*trained))
+    return model_mod.InfinityTransformer(cfg).to(device).eval()
+
+
+def timed_run(model, cols: int, rows: int, order: str, extents, repeats: int, **options) -> dict:
+    """Best-of-``repeats`` wall time of generating the canvas, and the NCP's high-water marks."""
+    best, stats = float("inf"), None
+    device = model.pos_emb.device
+    for _ in range(repeats):
+        state = state_mod.plan_fill(state_mod.empty_state(model, cols, rows, extents=extents), order)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        stats = sampler.run(model, state, seed=0, top_k=0, **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    patches = cols * rows
+    result = {"patches": patches, "canvas": f"{cols}x{rows}", "order": order, "extents": list(extents.as_tuple()),
+              "seconds": round(best, 4), "ms_per_patch": round(1000 * best / patches, 3),
+              "peak_pool_patches": stats.peak_pool, "peak_pool_bytes": stats.peak_pool_bytes,
+              "max_context_patches": stats.max_context}
+    if device.type == "cuda":
+        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    return result
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--patch", type=int, default=4, help="tokens per patch side")
+    p.add_argument("--full-patch", type=int, default=16,
+                   help="tokens per patch side for the 64-patch NCP vs full-context comparison")
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    local = config.Extents(1, 1, 0)
+    model = make_model(args, (1, 1, 0), device)
+    timed_run(model, 2, 2, "right", local, 1)                      # warm-up (allocator, kernels)
+
+    strips = [timed_run(model, n // 2, 2, "right", local, args.repeats) for n in (4, 16, 64, 256)]
+    squares = [timed_run(model, side, side, "down", local, args.repeats) for side in (2, 4, 8, 16)]
+
+    comparisons = {}
+    for side, patch, repeats in ((8, args.full_patch, 1), (16, args.patch, args.repeats)):
+        reach = side - 1                                          # a table that covers the whole canvas
+        wide = make_model(args, (reach, reach, 0), device, patch)
+        timed_run(wide, 2, 2, "down", local, 1)
+        ncp = timed_run(wide, side, side, "down", local, repeats)
+        full = timed_run(wide, side, side, "down", config.Extents(reach, reach, 0), repeats)
+        comparisons[f"{side * side}_patches_{patch * patch}_tokens"] = {
+            "ncp": ncp, "full_context": full, "speedup": round(full["seconds"] / ncp["seconds"], 3),
+            "pool_memory_ratio": round(full["peak_pool_bytes"] / ncp["peak_pool_bytes"], 3)}
+
+    with_cache = timed_run(model, 4, 4, "down", local, args.repeats)
+    without = timed_run(model, 4, 4, "down", local, args.repeats, use_kv_cache=False)
+
+    report = {
+        "command": "python bench/infinity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": str(device),
+                    "threads": torch.get_num_threads()},
+        "model": {"dim": args.dim, "depth": args.depth, "heads": args.heads, "tokens_per_patch": args.patch ** 2,
+                  "vocab": args.vocab},
+        "scaling_strip": strips,
+        "scaling_square": squares,
+        "ratio_256_vs_4_strip": round(strips[-1]["ms_per_patch"] / strips[0]["ms_per_patch"], 3),
+        "ratio_256_vs_4_square": round(squares[-1]["ms_per_patch"] / squares[0]["ms_per_patch"], 3),
+        "ncp_vs_full": comparisons,
+        "kv_cache": {"with": with_cache, "without": without,
+                     "speedup": round(without["seconds"] / with_cache["seconds"], 3)},
+    }
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
