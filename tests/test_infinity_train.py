@@ -59,6 +59,20 @@ def test_canvas_sampler_crops_and_orders():
         training.CanvasSampler(grids, cols=5, rows=5, patch_h=2, patch_w=2)
 
 
+def test_wrap_training_uses_whole_rolled_panoramas():
+    panorama = torch.arange(4 * 8).view(1, 4, 8)
+    crops = training.CanvasSampler([panorama, torch.zeros(1, 4, 6, dtype=torch.int64)], cols=4, rows=1,
+                                   patch_h=2, patch_w=2, seed=0, wrap=True)
+    assert crops.items == [0]
+    canvas, _, _ = crops.batch(8)
+    for crop in canvas:
+        shift = int(crop[0, 0, 0]) % 8
+        rows = [r for r in range(3) if torch.equal(crop[0, 0], panorama[0, r].roll(-shift))]
+        assert rows and torch.equal(crop[0], panorama[0, rows[0]:rows[0] + 2].roll(-shift, dims=-1))
+    with pytest.raises(errors.BoundlessError, match="whole panorama"):
+        training.CanvasSampler([panorama], cols=3, rows=1, patch_h=2, patch_w=2, wrap=True)
+
+
 def test_command_line_trainer_on_token_file(tmp_path):
     tokens = torch.randint(0, 20, (3, 6, 6))
     text = torch.randn(3, 4, 10)

@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--canvas", type=int, nargs=2, default=(4, 4), metavar=("COLS", "ROWS"),
                      help="training canvas in patches")
     run.add_argument("--orders", default=",".join(ORDERS), help="comma list of ADC orders to draw from")
-    run.add_argument("--wrap", action="store_true", help="train with horizontal wrap-around (360° data)")
+    run.add_argument("--wrap", action="store_true",
+                     help="360° panoramas: train with horizontal wrap-around on whole-width crops "
+                          "(--canvas COLS must be the panoramas' width in patches)")
     run.add_argument("--batch", type=int, default=4)
     run.add_argument("--lr", type=float, default=3e-4)
     run.add_argument("--label-smoothing", type=float, default=0.0)
@@ -155,7 +157,7 @@ def main(argv=None) -> InfinityTransformer:
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     no_sync = net.no_sync if world > 1 else None
     sampler = CanvasSampler(grids, args.canvas[0], args.canvas[1], cfg.patch_h, cfg.patch_w,
-                            args.orders.split(","), texts, seed=args.seed + rank)
+                            args.orders.split(","), texts, seed=args.seed + rank, wrap=args.wrap)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     started = time.time()
     for step in range(1, args.steps + 1):

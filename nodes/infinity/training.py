@@ -62,16 +62,26 @@ class CanvasSampler:
 
     grids: per item an int64 ``[F, h, w]`` token map (sizes may differ; each must hold the crop).
     texts: optional per-item text embeddings ``[L, C]`` (equal L), returned stacked with the batch.
+    wrap: the maps are 360° panoramas trained with wrap-around. A crop must then span the whole
+    width (only maps exactly ``cols`` patches wide are used), and each is rolled horizontally by a
+    random number of tokens, since a panorama has no preferred seam.
     """
 
     def __init__(self, grids: Sequence[torch.Tensor], cols: int, rows: int, patch_h: int, patch_w: int,
-                 orders: Sequence[str] = ORDERS, texts: Optional[torch.Tensor] = None, seed: int = 0):
+                 orders: Sequence[str] = ORDERS, texts: Optional[torch.Tensor] = None, seed: int = 0,
+                 wrap: bool = False):
         for order in orders:
             order_id(order)
         self.height, self.width = rows * patch_h, cols * patch_w
         self.patch_h, self.patch_w = patch_h, patch_w
-        self.items = [i for i, g in enumerate(grids) if g.shape[-2] >= self.height and g.shape[-1] >= self.width]
+        self.wrap = wrap
+        self.items = [i for i, g in enumerate(grids) if g.shape[-2] >= self.height
+                      and (g.shape[-1] == self.width if wrap else g.shape[-1] >= self.width)]
         if not self.items:
+            if wrap:
+                raise BoundlessError(f"with wrap-around every crop spans a whole panorama, but no token map is "
+                                     f"exactly {cols} patches ({self.width} tokens) wide and {rows} patches high; "
+                                     "set --canvas COLS to the panoramas' width in patches")
             raise BoundlessError(f"no training token map holds a {cols}×{rows}-patch canvas "
                                  f"({self.width}×{self.height} tokens); use a smaller --canvas or larger images")
         self.grids, self.texts, self.orders = grids, texts, list(orders)
@@ -85,6 +95,9 @@ class CanvasSampler:
             grid = self.grids[index]
             # Crops start on the token grid; patch-aligned starts would only see one tiling.
             y = self.rng.randrange(grid.shape[-2] - self.height + 1)
+            if self.wrap:
+                crops.append(grid[..., y:y + self.height, :].roll(self.rng.randrange(self.width), dims=-1))
+                continue
             x = self.rng.randrange(grid.shape[-1] - self.width + 1)
             crops.append(grid[..., y:y + self.height, x:x + self.width])
         text = None if self.texts is None else self.texts[picks]
