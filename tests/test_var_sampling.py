@@ -173,3 +173,17 @@ def test_class_names_and_ids():
         classes.parse_class("1000")
     with pytest.raises(BoundlessError, match="did you mean: .*golden retriever"):
         classes.parse_class("retriever")
+
+
+def test_half_precision_transformer_keeps_logits_and_f_hat_in_float32(models):
+    vae, var = models
+    half = random_transformer(tiny_transformer_config(patch_nums=SMALL), seed=7).to(torch.float16)
+    cond = half.condition(torch.tensor([3, 1000]))
+    with torch.no_grad():
+        logits = half.logits(half.start_tokens(cond, half.level_positions()), cond)
+        result = sampling.sample(half, vae, 2, torch.Generator().manual_seed(0), labels=[3, 9])
+        reference = _sample(models, seed=0)
+    assert logits.dtype == torch.float32 and result.f_hat.dtype == torch.float32
+    assert torch.equal(result.tokens[0], reference.tokens[0])     # the unguided 1x1 scale agrees
+    agree = sum(int((a == b).sum()) for a, b in zip(result.tokens, reference.tokens))
+    assert agree > 0.5 * sum(t.numel() for t in reference.tokens)
