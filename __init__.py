@@ -7,7 +7,8 @@ without ComfyUI installed.
 import importlib
 import logging
 
-SYSTEMS = ("vq", "infinity", "paella", "var", "story")
+# Modules (under nodes/) that define a NODES list of ComfyUI node classes.
+NODE_MODULES = ("vq.nodes", "infinity.nodes", "paella.nodes", "var.nodes", "story.nodes", "story.motion_nodes")
 
 try:
     import comfy.utils  # noqa: F401  (only present inside ComfyUI)
@@ -20,16 +21,16 @@ else:
         from .nodes.common import comfy_glue
         comfy_glue.register_model_folders()
         classes = []
-        for system in SYSTEMS:
+        for name in NODE_MODULES:
             try:
-                module = importlib.import_module(f".nodes.{system}.nodes", __name__)
+                module = importlib.import_module(f".nodes.{name}", __name__)
             except ModuleNotFoundError as exc:
-                if exc.name == f"{__name__}.nodes.{system}.nodes":
-                    continue   # this system has no ComfyUI nodes yet
-                logging.exception("[Boundless] could not import the %s nodes", system)
+                if exc.name == f"{__name__}.nodes.{name}":
+                    continue   # not written yet
+                logging.exception("[Boundless] could not import the %s nodes", name)
                 continue
             except Exception:  # noqa: BLE001 - keep the other systems usable
-                logging.exception("[Boundless] could not import the %s nodes", system)
+                logging.exception("[Boundless] could not import the %s nodes", name)
                 continue
             classes.extend(module.NODES)
         return classes
