@@ -17,9 +17,10 @@ import torch
 
 from ..common.errors import BoundlessError
 from ..common.weights import extract_state_dict, read_checkpoint, strict_load
+from ..vq.vqgan import NORM_GROUPS
 from .schedule import PIXELS_PER_TOKEN, schedule_for_length, schedule_from_levels, sequence_length
 from .transformer import HEAD_DIM, VARConfig, VARTransformer
-from .vqvae import NORM_GROUPS, VQVAE, VQVAEConfig
+from .vqvae import VQVAE, VQVAEConfig
 
 Shapes = Mapping[str, tuple]
 

@@ -80,6 +80,14 @@ def _sampling_inputs(cfg_default: float, smooth_default: bool) -> list:
     ]
 
 
+def _vqvae_node_schema(node_id: str, display_name: str, description: str, data_input, output) -> io.Schema:
+    """Schema of a node that runs only the VQVAE of a VAR model: the model plus one input, one output."""
+    return io.Schema(
+        node_id=node_id, display_name=display_name, category=CATEGORY, description=description,
+        inputs=[VARModel.Input("var_model", tooltip="Models from VAR Loader (only the VQVAE runs)."), data_input],
+        outputs=[output])
+
+
 class VARLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -198,12 +206,11 @@ class VAREdit(io.ComfyNode):
 class VAREncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="BoundlessVAREncode", display_name="VAR Encode", category=CATEGORY,
-            description="Image -> VAR's multi-scale tokens (one token map per scale of the model's schedule).",
-            inputs=[VARModel.Input("var_model", tooltip="Models from VAR Loader (only the VQVAE runs)."),
-                    io.Image.Input("image", tooltip="Image at the model's size (256x256, or 512x512 for var_d36).")],
-            outputs=[sockets.Tokens.Output(display_name="tokens")])
+        return _vqvae_node_schema(
+            "BoundlessVAREncode", "VAR Encode",
+            "Image -> VAR's multi-scale tokens (one token map per scale of the model's schedule).",
+            io.Image.Input("image", tooltip="Image at the model's size (256x256, or 512x512 for var_d36)."),
+            sockets.Tokens.Output(display_name="tokens"))
 
     @classmethod
     def execute(cls, var_model, image) -> io.NodeOutput:
@@ -220,12 +227,10 @@ class VAREncode(io.ComfyNode):
 class VARDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="BoundlessVARDecode", display_name="VAR Decode", category=CATEGORY,
-            description="VAR's multi-scale tokens -> image (sums every scale, then decodes).",
-            inputs=[VARModel.Input("var_model", tooltip="Models from VAR Loader (only the VQVAE runs)."),
-                    sockets.Tokens.Input("tokens", tooltip="Tokens from VAR Encode, Sample or Edit.")],
-            outputs=[io.Image.Output(display_name="image")])
+        return _vqvae_node_schema(
+            "BoundlessVARDecode", "VAR Decode", "VAR's multi-scale tokens -> image (sums every scale, then decodes).",
+            sockets.Tokens.Input("tokens", tooltip="Tokens from VAR Encode, Sample or Edit."),
+            io.Image.Output(display_name="image"))
 
     @classmethod
     def execute(cls, var_model, tokens) -> io.NodeOutput:

@@ -1,10 +1,12 @@
-"""VAR's multi-scale VQVAE: LDM-style conv encoder/decoder plus a residual multi-scale quantiser (pure torch).
+"""VAR's multi-scale VQVAE: the taming conv encoder/decoder plus a residual multi-scale quantiser (pure torch).
 
 Module and parameter names follow the released ``vae_ch160v4096z32.pth`` so its state dict loads
-strictly. An image becomes K token maps (one per scale of a patch schedule): each scale quantises
-what the coarser scales left unexplained, and the decoder sees the sum ``f_hat`` of all scales'
-up-sampled, convolved code vectors. The quantiser always computes in float32, whatever the dtype of
-the convolutions, because the residual sums are sensitive to rounding.
+strictly. The encoder and decoder are ``vq.vqgan``'s (five levels, attention at the coarsest one and
+in the middle) with one difference: VAR's attention block computes q, k and v with a single 1x1
+conv (``FusedAttnBlock``). An image becomes K token maps (one per scale of a patch schedule): each
+scale quantises what the coarser scales left unexplained, and the decoder sees the sum ``f_hat`` of
+all scales' up-sampled, convolved code vectors. The quantiser always computes in float32, whatever
+the dtype of the convolutions, because the residual sums are sensitive to rounding.
 """
 from __future__ import annotations
 
@@ -15,13 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..common.errors import BoundlessError
+from ..vq.vqgan import Decoder, Encoder, VQGANConfig, group_norm
 from .schedule import PIXELS_PER_TOKEN, area_down, bicubic_up, check_schedule, phi_index_table
 
 CHANNEL_MULTIPLIERS = (1, 1, 2, 2, 4)
-ENCODER_BLOCKS_PER_LEVEL = 2
-DECODER_BLOCKS_PER_LEVEL = 3
-NORM_GROUPS = 32
-NORM_EPS = 1e-6
+ENCODER_BLOCKS_PER_LEVEL = 2   # the decoder has one more per level, as in taming
 PHI_RESIDUAL_RATIO = 0.5
 
 
@@ -34,30 +34,15 @@ class VQVAEConfig:
     vocab_size: int = 4096   # V
     num_phis: int = 4        # residual convolutions shared across scales
 
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(NORM_GROUPS, channels, eps=NORM_EPS, affine=True)
-
-
-class ResnetBlock(nn.Module):
-    """GN -> SiLU -> conv3 -> GN -> SiLU -> conv3, plus the (1x1-projected when widths differ) input."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
-
-    def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
-        h_bchw = self.conv1(F.silu(self.norm1(x_bchw)))
-        h_bchw = self.conv2(F.silu(self.norm2(h_bchw)))
-        shortcut_bchw = x_bchw if self.nin_shortcut is None else self.nin_shortcut(x_bchw)
-        return shortcut_bchw + h_bchw
+    def autoencoder(self) -> VQGANConfig:
+        """The taming layout of the encoder/decoder: RGB ``[B,3,16P,16P]`` <-> latent ``[B,Cvae,P,P]``."""
+        return VQGANConfig(ch=self.ch, ch_mult=CHANNEL_MULTIPLIERS, num_res_blocks=ENCODER_BLOCKS_PER_LEVEL,
+                           attn_levels=(len(CHANNEL_MULTIPLIERS) - 1,), mid_attn=True, in_channels=3, out_ch=3,
+                           z_channels=self.latent_channels, embed_dim=self.latent_channels,
+                           n_embed=self.vocab_size)
 
 
-class AttnBlock(nn.Module):
+class FusedAttnBlock(nn.Module):
     """Single-head self-attention over all H*W positions; one 1x1 conv makes q, k, v in that order."""
 
     def __init__(self, channels: int):
@@ -73,117 +58,6 @@ class AttnBlock(nn.Module):
         out_b1nc = F.scaled_dot_product_attention(q_b1nc, k_b1nc, v_b1nc)  # scale 1/sqrt(C)
         out_bchw = out_b1nc.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return x_bchw + self.proj_out(out_bchw)
-
-
-class Downsample(nn.Module):
-    """Zero-pad one pixel right and bottom, then a stride-2 3x3 conv without padding."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x_bchw, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x_bchw, scale_factor=2.0, mode="nearest"))
-
-
-class Level(nn.Module):
-    """One resolution level: resnet blocks, optional attention after each, optional resampling."""
-
-    def __init__(self, widths: list[tuple[int, int]], with_attention: bool, resample: nn.Module | None,
-                 resample_name: str):
-        super().__init__()
-        self.block = nn.ModuleList(ResnetBlock(i, o) for i, o in widths)
-        self.attn = nn.ModuleList(AttnBlock(o) for _, o in widths) if with_attention else nn.ModuleList()
-        if resample is not None:
-            self.add_module(resample_name, resample)
-        self.resample_name = resample_name if resample is not None else None
-
-    def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
-        for j, block in enumerate(self.block):
-            x_bchw = block(x_bchw)
-            if len(self.attn):
-                x_bchw = self.attn[j](x_bchw)
-        if self.resample_name is not None:
-            x_bchw = getattr(self, self.resample_name)(x_bchw)
-        return x_bchw
-
-
-class Middle(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.block_1 = ResnetBlock(channels, channels)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels)
-
-    def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x_bchw)))
-
-
-class Encoder(nn.Module):
-    """RGB ``[B,3,16P,16P]`` -> latent ``[B,Cvae,P,P]``; attention only at the lowest resolution."""
-
-    def __init__(self, ch: int, latent_channels: int):
-        super().__init__()
-        widths = [ch * m for m in CHANNEL_MULTIPLIERS]
-        last = len(widths) - 1
-        self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        width_in = ch
-        for level, width in enumerate(widths):
-            blocks = [(width_in if j == 0 else width, width) for j in range(ENCODER_BLOCKS_PER_LEVEL)]
-            self.down.append(Level(blocks, with_attention=level == last,
-                                   resample=Downsample(width) if level != last else None,
-                                   resample_name="downsample"))
-            width_in = width
-        self.mid = Middle(widths[-1])
-        self.norm_out = group_norm(widths[-1])
-        self.conv_out = nn.Conv2d(widths[-1], latent_channels, 3, padding=1)
-
-    def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
-        h_bchw = self.conv_in(x_bchw)
-        for level in self.down:
-            h_bchw = level(h_bchw)
-        h_bchw = self.mid(h_bchw)
-        return self.conv_out(F.silu(self.norm_out(h_bchw)))
-
-
-class Decoder(nn.Module):
-    """Latent ``[B,Cvae,P,P]`` -> RGB ``[B,3,16P,16P]`` (unclamped). ``up.0`` is the finest level."""
-
-    def __init__(self, ch: int, latent_channels: int):
-        super().__init__()
-        widths = [ch * m for m in CHANNEL_MULTIPLIERS]
-        last = len(widths) - 1
-        self.conv_in = nn.Conv2d(latent_channels, widths[-1], 3, padding=1)
-        self.mid = Middle(widths[-1])
-        levels: list[Level] = [None] * len(widths)  # filled coarsest first, stored finest first
-        width_in = widths[-1]
-        for level in reversed(range(len(widths))):
-            width = widths[level]
-            blocks = [(width_in if j == 0 else width, width) for j in range(DECODER_BLOCKS_PER_LEVEL)]
-            levels[level] = Level(blocks, with_attention=level == last,
-                                  resample=Upsample(width) if level != 0 else None, resample_name="upsample")
-            width_in = width
-        self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(ch)
-        self.conv_out = nn.Conv2d(ch, 3, 3, padding=1)
-
-    def forward(self, z_bchw: torch.Tensor) -> torch.Tensor:
-        h_bchw = self.mid(self.conv_in(z_bchw))
-        for level in reversed(self.up):
-            h_bchw = level(h_bchw)
-        return self.conv_out(F.silu(self.norm_out(h_bchw)))
 
 
 class PhiConvs(nn.Module):
@@ -263,8 +137,9 @@ class VQVAE(nn.Module):
     def __init__(self, config: VQVAEConfig = VQVAEConfig()):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config.ch, config.latent_channels)
-        self.decoder = Decoder(config.ch, config.latent_channels)
+        autoencoder = config.autoencoder()
+        self.encoder = Encoder(autoencoder, attention_block=FusedAttnBlock)
+        self.decoder = Decoder(autoencoder, attention_block=FusedAttnBlock)
         self.quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 3, padding=1)
         self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 3, padding=1)
         self.quantize = MultiScaleQuantizer(config)

@@ -7,10 +7,15 @@ it from a state dict. Facts: shared/specs/vqgan.md and shared/fixtures/vqgan/OPS
 Two properties of the original that matter for numbers:
 * attention runs at the levels that *have* attention weights, whatever the input size;
 * downsampling pads one row/column at the bottom/right only, then a stride-2 3x3 conv.
+
+The blocks here also build VAR's VQVAE (``nodes/var/vqvae.py``), whose only architectural
+difference is its attention block: ``Level``, ``Middle``, ``Encoder`` and ``Decoder`` therefore take
+the attention block as a factory (``attention_block``), defaulting to taming's ``AttnBlock``.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -36,16 +41,21 @@ class VQGANConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+NORM_GROUPS = 32
+NORM_EPS = 1e-6
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """The GroupNorm of every block (32 groups, so widths must be multiples of 32)."""
+    return nn.GroupNorm(NORM_GROUPS, channels, eps=NORM_EPS, affine=True)
 
 
 class ResnetBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
-        self.norm1 = _norm(in_ch)
+        self.norm1 = group_norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = _norm(out_ch)
+        self.norm2 = group_norm(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
@@ -61,7 +71,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -75,6 +85,9 @@ class AttnBlock(nn.Module):
         out_bnc = F.scaled_dot_product_attention(q_bnc, k_bnc, v_bnc)   # scale 1/sqrt(C)
         out_bchw = out_bnc.transpose(-1, -2).reshape(b, c, h, w)
         return x_bchw + self.proj_out(out_bchw)
+
+
+AttentionFactory = Callable[[int], nn.Module]   # channels -> residual attention block
 
 
 class Downsample(nn.Module):
@@ -99,10 +112,10 @@ class Level(nn.Module):
     """One resolution level: residual blocks, each followed by attention where configured."""
 
     def __init__(self, widths: list[tuple[int, int]], attention: bool, resample: nn.Module | None,
-                 resample_name: str):
+                 resample_name: str, attention_block: AttentionFactory = AttnBlock):
         super().__init__()
         self.block = nn.ModuleList(ResnetBlock(i, o) for i, o in widths)
-        self.attn = nn.ModuleList(AttnBlock(o) for _, o in widths) if attention else nn.ModuleList()
+        self.attn = nn.ModuleList(attention_block(o) for _, o in widths) if attention else nn.ModuleList()
         if resample is not None:
             self.add_module(resample_name, resample)
         self._resample_name = resample_name if resample is not None else None
@@ -118,10 +131,10 @@ class Level(nn.Module):
 
 
 class Middle(nn.Module):
-    def __init__(self, channels: int, attention: bool):
+    def __init__(self, channels: int, attention: bool, attention_block: AttentionFactory = AttnBlock):
         super().__init__()
         self.block_1 = ResnetBlock(channels, channels)
-        self.attn_1 = AttnBlock(channels) if attention else nn.Identity()
+        self.attn_1 = attention_block(channels) if attention else nn.Identity()
         self.block_2 = ResnetBlock(channels, channels)
 
     def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
@@ -129,7 +142,7 @@ class Middle(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: VQGANConfig):
+    def __init__(self, cfg: VQGANConfig, attention_block: AttentionFactory = AttnBlock):
         super().__init__()
         levels = len(cfg.ch_mult)
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
@@ -139,10 +152,10 @@ class Encoder(nn.Module):
             w_in, w_out = widths_in[i], cfg.ch * cfg.ch_mult[i]
             pairs = [(w_in if j == 0 else w_out, w_out) for j in range(cfg.num_res_blocks)]
             self.down.append(Level(pairs, i in cfg.attn_levels,
-                                   Downsample(w_out) if i < levels - 1 else None, "downsample"))
+                                   Downsample(w_out) if i < levels - 1 else None, "downsample", attention_block))
         top = cfg.ch * cfg.ch_mult[-1]
-        self.mid = Middle(top, cfg.mid_attn)
-        self.norm_out = _norm(top)
+        self.mid = Middle(top, cfg.mid_attn, attention_block)
+        self.norm_out = group_norm(top)
         self.conv_out = nn.Conv2d(top, cfg.z_channels, 3, padding=1)
 
     def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
@@ -154,21 +167,22 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: VQGANConfig):
+    def __init__(self, cfg: VQGANConfig, attention_block: AttentionFactory = AttnBlock):
         super().__init__()
         levels = len(cfg.ch_mult)
         top = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, top, 3, padding=1)
-        self.mid = Middle(top, cfg.mid_attn)
+        self.mid = Middle(top, cfg.mid_attn, attention_block)
         up: list[Level] = [None] * levels  # type: ignore[list-item]
         w_in = top
         for i in reversed(range(levels)):
             w_out = cfg.ch * cfg.ch_mult[i]
             pairs = [(w_in if j == 0 else w_out, w_out) for j in range(cfg.num_res_blocks + 1)]
-            up[i] = Level(pairs, i in cfg.attn_levels, Upsample(w_out) if i > 0 else None, "upsample")
+            up[i] = Level(pairs, i in cfg.attn_levels, Upsample(w_out) if i > 0 else None, "upsample",
+                          attention_block)
             w_in = w_out
         self.up = nn.ModuleList(up)   # indexed by level; the lowest resolution runs first
-        self.norm_out = _norm(cfg.ch * cfg.ch_mult[0])
+        self.norm_out = group_norm(cfg.ch * cfg.ch_mult[0])
         self.conv_out = nn.Conv2d(cfg.ch * cfg.ch_mult[0], cfg.out_ch, 3, padding=1)
 
     def forward(self, z_bchw: torch.Tensor) -> torch.Tensor:
