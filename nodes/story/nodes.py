@@ -21,6 +21,7 @@ from comfy_api.latest import io
 import comfy.model_management as mm
 from comfy.ldm.modules.attention import optimized_attention
 
+from ..common import comfy_glue
 from ..common.errors import BoundlessError
 from .bank import CharacterBank
 from .comic import comic_pages, in_reading_order
@@ -235,7 +236,7 @@ class ComicPage(io.ComfyNode):
         images = in_reading_order(story.reading_order(), identity_images, panel_images)
         pages = comic_pages(images, [line.caption for line in story.lines], columns, rows, border,
                             caption_size, captions)
-        return io.NodeOutput(pages)
+        return io.NodeOutput(pages.to(comfy_glue.output_device()))
 
 
 NODES = [StoryPrompt, ConsistentSelfAttention, ReadCharacterBank, ComicPage]

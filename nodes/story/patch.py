@@ -138,13 +138,13 @@ class StoryAttention:
         applied = step < steps and bool(self.gates(steps)[step, layer])
         if self.mode == "write":
             return self._write(q_bnc, k_bnc, v_bnc, kinds, n, heads, layer, step, applied, schedule, latent_hw,
-                               attend_opts, extra_options)
+                               attend_opts)
         return self._read(q_bnc, k_bnc, v_bnc, kinds, n, heads, layer, step, applied, schedule, attend_opts)
 
     def _attend(self, opts: dict) -> Attend:
         return lambda q, k, v, heads: self.attend(q, k, v, heads, **opts)
 
-    def _write(self, q, k, v, kinds, n, heads, layer, step, applied, schedule, latent_hw, attend_opts, extra_options):
+    def _write(self, q, k, v, kinds, n, heads, layer, step, applied, schedule, latent_hw, attend_opts):
         rows = self.rows if self.rows is not None else [(WHOLE_BATCH,)] * n
         groups = [(names[0], index) for names, index in _groups(rows)]
         images = {name: len(index) for name, index in groups}
