@@ -19,6 +19,7 @@ from ..common import comfy_glue, sockets
 from ..common.errors import BoundlessError
 from ..common.tokens import Tokens, fingerprint
 from ..vq.loader import KIND as VQGAN_KIND
+from ..vq.nodes import tile_inputs
 from ..vq.tiling import decode_tiled
 from .adc import ORDERS
 from .checkpoint import load_infinity
@@ -272,11 +273,7 @@ class NCPStateToImage(io.ComfyNode):
             inputs=[NCPState.Input("state", tooltip="Canvas state to show."),
                     sockets.VQGANModel.Input("vqgan", tooltip="The VQGAN the Infinity model was trained with."),
                     io.Int.Input("frame", default=0, min=0, max=100000, tooltip="Which frame (0 for images)."),
-                    io.Int.Input("tile_size", default=0, min=0, max=8192, step=16,
-                                 tooltip="0 = decode in one pass; otherwise in tiles of this many pixels "
-                                         "(bounded memory for huge canvases)."),
-                    io.Int.Input("tile_margin", default=64, min=0, max=1024, step=16,
-                                 tooltip="Context pixels around each tile.")],
+                    *tile_inputs()],
             outputs=[io.Image.Output(display_name="image")])
 
     @classmethod

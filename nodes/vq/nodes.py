@@ -11,9 +11,17 @@ from ..common.tokens import Tokens, fingerprint
 from .loader import KIND, load_vqgan
 from .tiling import SIZE_POLICIES, check_fits, decode_tiled, encode_tiled, fit_to_factor
 
-TILE_TOOLTIP = ("0 = one pass over the whole image (exactly what the original VQGAN computes). "
-                "Otherwise the canvas is processed in tiles of this many pixels, each with "
-                "'tile_margin' pixels of real neighbouring context, so memory stays bounded on huge canvases.")
+
+
+def tile_inputs() -> list:
+    """The tiling widgets shared by VQGAN Encode/Decode (and decoders elsewhere in the pack)."""
+    return [io.Int.Input("tile_size", default=0, min=0, max=8192, step=16,
+                         tooltip="0 = one pass over the whole image (exactly what the original VQGAN computes). "
+                                 "Otherwise the canvas is processed in tiles of this many pixels, each with "
+                                 "'tile_margin' pixels of real neighbouring context, so memory stays bounded "
+                                 "on huge canvases."),
+            io.Int.Input("tile_margin", default=64, min=0, max=1024, step=16,
+                         tooltip="Context pixels around each tile (multiple of the factor).")]
 
 
 class VQGANLoader(io.ComfyNode):
@@ -46,9 +54,7 @@ class VQGANEncode(io.ComfyNode):
                                    tooltip="For sizes that are not a multiple of the factor: 'pad' replicates "
                                            "the right/bottom edge up to the next multiple, 'crop' drops the "
                                            "remainder, 'error' refuses."),
-                    io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, tooltip=TILE_TOOLTIP),
-                    io.Int.Input("tile_margin", default=64, min=0, max=1024, step=16,
-                                 tooltip="Context pixels around each tile (multiple of the factor).")],
+                    *tile_inputs()],
             outputs=[sockets.Tokens.Output(display_name="tokens")])
 
     @classmethod
@@ -73,9 +79,7 @@ class VQGANDecode(io.ComfyNode):
             description="Turn VQGAN tokens back into an image.",
             inputs=[sockets.VQGANModel.Input("vqgan", tooltip="The tokenizer that made the tokens."),
                     sockets.Tokens.Input("tokens", tooltip="Tokens from VQGAN Encode or a generator node."),
-                    io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, tooltip=TILE_TOOLTIP),
-                    io.Int.Input("tile_margin", default=64, min=0, max=1024, step=16,
-                                 tooltip="Context pixels around each tile (multiple of the factor).")],
+                    *tile_inputs()],
             outputs=[io.Image.Output(display_name="image")])
 
     @classmethod
