@@ -20,7 +20,7 @@ from ..common.errors import BoundlessError
 from ..common.tokens import Tokens, fingerprint
 from ..vq.loader import KIND as VQGAN_KIND
 from ..vq.nodes import tile_inputs
-from ..vq.tiling import decode_tiled
+from ..vq.tiling import check_fits, decode_tiled
 from .adc import ORDERS
 from .checkpoint import load_infinity
 from .config import Extents
@@ -280,6 +280,9 @@ class NCPStateToImage(io.ComfyNode):
     def execute(cls, state: CanvasState, vqgan, frame, tile_size, tile_margin) -> io.NodeOutput:
         model = comfy_glue.load_for_use(vqgan)
         require_tokenizer(state, fingerprint(VQGAN_KIND, model.quantize.embedding.weight), model.factor)
+        _, rows, cols = state.grid
+        check_fits(model.config, state.batch, rows * state.patch_h * model.factor,
+                   cols * state.patch_w * model.factor, comfy_glue.free_memory(), tile_size, tile_margin)
         image = decode_state(model, state, frame,
                              decode=lambda idx: decode_tiled(model, idx, tile_size, tile_margin),
                              progress=comfy_glue.progress_reporter(1))
