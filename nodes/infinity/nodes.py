@@ -176,9 +176,10 @@ class InfinityGenerateCanvas(io.ComfyNode):
                     io.Int.Input("width_patches", default=16, min=1, max=4096,
                                  tooltip="Canvas width in patches (256 px each for the demo model)."),
                     io.Int.Input("height_patches", default=2, min=1, max=4096, tooltip="Canvas height in patches."),
-                    io.Combo.Input("order", options=list(ORDERS), default="down",
-                                   tooltip="Patch order: 'down' fills column by column left to right (best for "
-                                           "wide canvases), 'right' row by row; 'left'/'up' mirror them."),
+                    io.Combo.Input("order", options=list(ORDERS), default="right",
+                                   tooltip="Patch order: 'right' sweeps column by column from left to right "
+                                           "(best for wide canvases: the NCP holds about one column), 'down' "
+                                           "row by row from the top (tall canvases); 'left'/'up' mirror them."),
                     io.Int.Input("batch", default=1, min=1, max=64, tooltip="Canvases generated side by side."),
                     *_extent_inputs(),
                     io.Boolean.Input("wrap", default=False, tooltip="360° panorama: the last column conditions "
@@ -217,7 +218,7 @@ class InfinityOutpaintStep(io.ComfyNode):
                 preview_vqgan=None) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "fill":
-            planned = plan_fill(state, "down" if state.grid[2] >= state.grid[1] else "right")
+            planned = plan_fill(state, "right" if state.grid[2] >= state.grid[1] else "down")
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
         return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan))
