@@ -253,6 +253,7 @@ class PatchDecoder:
     preallocated per-layer buffers, so a step costs one token's worth of work.
     """
 
+    @torch.no_grad()
     def __init__(self, model: InfinityTransformer, context: Sequence[ContextItem] = (), order: int = 0,
                  text: Optional[torch.Tensor] = None, batch: int = 1):
         cfg = model.config

@@ -115,16 +115,16 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
             if i + 1 < t:
                 on_token(i + 1)
         return tokens, decoder.cache()
-    with torch.no_grad():
-        for i in range(t):
-            logits, _ = model(tokens[:, :i], context, order, text)
-            tokens[:, i] = sample_token(logits[:, i], generator, temperature, top_k)
-            if i + 1 < t:
-                on_token(i + 1)
-        _, cache = model(tokens, context, order, text)
+    for i in range(t):
+        logits, _ = model(tokens[:, :i], context, order, text)
+        tokens[:, i] = sample_token(logits[:, i], generator, temperature, top_k)
+        if i + 1 < t:
+            on_token(i + 1)
+    _, cache = model(tokens, context, order, text)
     return tokens, cache
 
 
+@torch.no_grad()
 def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temperature: float = 1.0,
         top_k: int = 0, text: TextCondition = None, progress: Progress = no_progress,
         progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
@@ -176,8 +176,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                                              temperature, top_k, use_kv_cache, on_token)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
-            with torch.no_grad():
-                _, cache = model(tokens_bt.to(device), context, order, text_now)
+            _, cache = model(tokens_bt.to(device), context, order, text_now)
         # Commit the patch; nothing below calls back into user code before the state is whole.
         if step.generate:
             write_patch(state.tokens, step.pos, tokens_bt.cpu(), cfg.patch_h, cfg.patch_w)
