@@ -14,8 +14,10 @@ depend on the token count per patch and the model width, not on trained weights)
   64 patches with the paper's 16×16 tokens per patch (``--full-patch``), and 256 small patches;
 * kv_cache: token-level KV cache inside a patch vs recomputing the patch prefix at every token.
 
-Times are the best of ``--repeats`` runs (the machine is shared); memory is the exact byte count
-of the NCP's caches at their high-water mark (plus CUDA's peak allocation on a GPU).
+Cases that are compared are timed in interleaved rounds with equal work per round (small canvases
+are generated repeatedly), keeping each case's best round of ``--repeats``, so a shared machine's
+load hits them alike. Memory is the exact byte count of the NCP's caches at their high-water mark
+(plus CUDA's peak allocation on a GPU).
 """
 from __future__ import annotations
 
@@ -46,28 +48,60 @@ def make_model(args, trained: tuple[int, int, int], device: torch.device, patch:
     return model_mod.InfinityTransformer(cfg).to(device).eval()
 
 
-def timed_run(model, cols: int, rows: int, order: str, extents, repeats: int, **options) -> dict:
-    """Best-of-``repeats`` wall time of generating the canvas, and the NCP's high-water marks."""
-    best, stats = float("inf"), None
-    device = model.pos_emb.device
-    for _ in range(repeats):
-        state = state_mod.plan_fill(state_mod.empty_state(model, cols, rows, extents=extents), order)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        stats = sampler.run(model, state, seed=0, top_k=0, **options)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    patches = cols * rows
-    result = {"patches": patches, "canvas": f"{cols}x{rows}", "order": order, "extents": list(extents.as_tuple()),
-              "seconds": round(best, 4), "ms_per_patch": round(1000 * best / patches, 3),
-              "peak_pool_patches": stats.peak_pool, "peak_pool_bytes": stats.peak_pool_bytes,
-              "max_context_patches": stats.max_context}
-    if device.type == "cuda":
-        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
-    return result
+def generate_once(model, cols: int, rows: int, order: str, extents, **options):
+    """Seconds to generate one canvas, and the run's statistics."""
+    state = state_mod.plan_fill(state_mod.empty_state(model, cols, rows, extents=extents), order)
+    cuda = model.pos_emb.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    stats = sampler.run(model, state, seed=0, top_k=0, **options)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, stats
+
+
+def compare(cases: dict, rounds: int, work: int) -> dict:
+    """Time every case in interleaved rounds; each round a case generates ``work`` patches in total
+    (repeating small canvases), so every case is exposed alike to a shared machine's load. Keeps the
+    best round per case."""
+    best = {name: float("inf") for name in cases}
+    stats = {}
+    for _ in range(rounds):
+        for name, (model, cols, rows, order, extents, options) in cases.items():
+            repeats = max(1, work // (cols * rows))
+            if model.pos_emb.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds = 0.0
+            for _ in range(repeats):
+                took, stats[name] = generate_once(model, cols, rows, order, extents, **options)
+                seconds += took
+            best[name] = min(best[name], seconds / (repeats * cols * rows))
+            if model.pos_emb.device.type == "cuda":
+                stats[name].cuda_peak = torch.cuda.max_memory_allocated()
+    report = {}
+    for name, (model, cols, rows, order, extents, _) in cases.items():
+        run = stats[name]
+        report[name] = {"patches": cols * rows, "canvas": f"{cols}x{rows}", "order": order,
+                        "extents": list(extents.as_tuple()), "ms_per_patch": round(1000 * best[name], 3),
+                        "peak_pool_patches": run.peak_pool, "peak_pool_bytes": run.peak_pool_bytes,
+                        "max_context_patches": run.max_context}
+        if hasattr(run, "cuda_peak"):
+            report[name]["cuda_peak_bytes"] = run.cuda_peak
+    return report
+
+
+def main(argv=None) -> dict:
+    report = {}
+    for name, (model, cols, rows, order, extents, _) in cases.items():
+        run = stats[name]
+        report[name] = {"patches": cols * rows, "canvas": f"{cols}x{rows}", "order": order,
+                        "extents": list(extents.as_tuple()), "ms_per_patch": round(1000 * best[name], 3),
+                        "peak_pool_patches": run.peak_pool, "peak_pool_bytes": run.peak_pool_bytes,
+                        "max_context_patches": run.max_context}
+        if hasattr(run, "cuda_peak"):
+            report[name]["cuda_peak_bytes"] = run.cuda_peak
+    return report
 
 
 def main(argv=None) -> dict:
@@ -87,24 +121,26 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     local = config.Extents(1, 1, 0)
     model = make_model(args, (1, 1, 0), device)
-    timed_run(model, 2, 2, "right", local, 1)                      # warm-up (allocator, kernels)
+    generate_once(model, 2, 2, "right", local)                          # warm-up (allocator, kernels)
 
-    strips = [timed_run(model, n // 2, 2, "right", local, args.repeats) for n in (4, 16, 64, 256)]
-    squares = [timed_run(model, side, side, "down", local, args.repeats) for side in (2, 4, 8, 16)]
+    strips = compare({n: (model, n // 2, 2, "right", local, {}) for n in (4, 16, 64, 256)}, args.repeats, 256)
+    squares = compare({n: (model, side, side, "down", local, {}) for n, side in ((4, 2), (16, 4), (64, 8), (256, 16))},
+                      args.repeats, 256)
 
     comparisons = {}
-    for side, patch, repeats in ((8, args.full_patch, 1), (16, args.patch, args.repeats)):
+    for side, patch, rounds in ((8, args.full_patch, 1), (16, args.patch, args.repeats)):
         reach = side - 1                                          # a table that covers the whole canvas
         wide = make_model(args, (reach, reach, 0), device, patch)
-        timed_run(wide, 2, 2, "down", local, 1)
-        ncp = timed_run(wide, side, side, "down", local, repeats)
-        full = timed_run(wide, side, side, "down", config.Extents(reach, reach, 0), repeats)
+        generate_once(wide, 2, 2, "down", local)
+        found = compare({"ncp": (wide, side, side, "down", local, {}),
+                         "full_context": (wide, side, side, "down", config.Extents(reach, reach, 0), {})},
+                        rounds, side * side)
         comparisons[f"{side * side}_patches_{patch * patch}_tokens"] = {
-            "ncp": ncp, "full_context": full, "speedup": round(full["seconds"] / ncp["seconds"], 3),
-            "pool_memory_ratio": round(full["peak_pool_bytes"] / ncp["peak_pool_bytes"], 3)}
+            **found, "speedup": round(found["full_context"]["ms_per_patch"] / found["ncp"]["ms_per_patch"], 3),
+            "pool_memory_ratio": round(found["full_context"]["peak_pool_bytes"] / found["ncp"]["peak_pool_bytes"], 3)}
 
-    with_cache = timed_run(model, 4, 4, "down", local, args.repeats)
-    without = timed_run(model, 4, 4, "down", local, args.repeats, use_kv_cache=False)
+    kv = compare({"with": (model, 4, 4, "down", local, {}),
+                  "without": (model, 4, 4, "down", local, {"use_kv_cache": False})}, args.repeats, 16)
 
     report = {
         "command": "python bench/infinity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -112,13 +148,12 @@ def main(argv=None) -> dict:
                     "threads": torch.get_num_threads()},
         "model": {"dim": args.dim, "depth": args.depth, "heads": args.heads, "tokens_per_patch": args.patch ** 2,
                   "vocab": args.vocab},
-        "scaling_strip": strips,
-        "scaling_square": squares,
-        "ratio_256_vs_4_strip": round(strips[-1]["ms_per_patch"] / strips[0]["ms_per_patch"], 3),
-        "ratio_256_vs_4_square": round(squares[-1]["ms_per_patch"] / squares[0]["ms_per_patch"], 3),
+        "scaling_strip": list(strips.values()),
+        "scaling_square": list(squares.values()),
+        "ratio_256_vs_4_strip": round(strips[256]["ms_per_patch"] / strips[4]["ms_per_patch"], 3),
+        "ratio_256_vs_4_square": round(squares[256]["ms_per_patch"] / squares[4]["ms_per_patch"], 3),
         "ncp_vs_full": comparisons,
-        "kv_cache": {"with": with_cache, "without": without,
-                     "speedup": round(without["seconds"] / with_cache["seconds"], 3)},
+        "kv_cache": {**kv, "speedup": round(kv["without"]["ms_per_patch"] / kv["with"]["ms_per_patch"], 3)},
     }
     print(json.dumps(report, indent=1))
     return report
