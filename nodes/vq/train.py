@@ -127,7 +127,7 @@ def init_codebook_from_data(model: VQGAN, sampler: CropSampler, batch: int) -> N
 def save_vqgan(model: VQGAN, path: pathlib.Path, metadata: dict) -> None:
     """Save in the taming key layout; fp16 halves the shipped size (the loader casts back)."""
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={k: json.dumps(v) if not isinstance(v, str) else v
+    save_file(state, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v, default=str)
                                           for k, v in metadata.items()})
 
 
@@ -156,6 +156,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", type=pathlib.Path, help="continue from this checkpoint (its architecture wins)")
+    p.add_argument("--save-every", type=int, default=100, help="also save every this many steps")
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -176,6 +177,9 @@ def main(argv=None):
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    previous = int(load_metadata(args.resume).get("steps", 0)) if args.resume else 0
+    metadata = {"format": "taming.vqgan", "files": [f.name for f in files],
+                "config": vars(args)}
     start = time.time()
     step = 0
     while step < args.steps and time.time() - start < args.minutes * 60:
@@ -184,11 +188,9 @@ def main(argv=None):
         step += 1
         if step % 50 == 0 or step == 1:
             print(json.dumps({"step": step, "min": round((time.time() - start) / 60, 2), **stats}), flush=True)
-    model.eval()
-    previous = int(load_metadata(args.resume).get("steps", 0)) if args.resume else 0
-    save_vqgan(model, args.out, {"format": "taming.vqgan", "steps": previous + step, "files": [f.name for f in files],
-                                 "config": vars(args) | {"images": [str(s) for s in args.images],
-                                                         "out": str(args.out)}})
+        if step % args.save_every == 0:
+            save_vqgan(model, args.out, {**metadata, "steps": previous + step})
+    save_vqgan(model.eval(), args.out, {**metadata, "steps": previous + step})
     print(f"saved {args.out} after {step} steps")
 
 
