@@ -142,3 +142,20 @@ def test_interrupted_generation_is_saved_and_resumes_to_the_same_canvas(comfy):
     resumed = pixels(comfy, comfy.run(resume))
     straight = pixels(comfy, comfy.run(image_graph(cols, rows, seed, preview=False)))
     assert torch.equal(resumed, straight)
+
+
+def test_stream_canvas_writes_a_tiled_tiff(comfy):
+    import tifffile
+    graph = {**loaders(),
+             "s": {"class_type": "BoundlessInfinityStreamCanvas",
+                   "inputs": {"model": ["m", 0], "vqgan": ["v", 0], "width_patches": 40, "height_patches": 2,
+                              "e_w": 1, "e_h": 1, "e_f": 0, **sampling(2), "filename_prefix": "stream/wide"}},
+             "p": preview(["s", 1])}
+    outputs = comfy.run(graph)
+    written = sorted((pathlib.Path(comfy.run_dir) / "output" / "stream").glob("wide_*.tif"))
+    assert len(written) == 1
+    with tifffile.TiffFile(written[-1]) as tif:
+        assert tif.pages[0].shape == (2 * PATCH_PX, 40 * PATCH_PX, 3)
+        assert tif.pages[0].tilewidth == PATCH_PX
+    assert "s" in outputs and "1280x64 px" in outputs["s"]["text"][0]
+    assert comfy.images(outputs, "p")[0].size == (40 * PATCH_PX, 2 * PATCH_PX)

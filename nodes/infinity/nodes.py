@@ -27,6 +27,7 @@ from .config import Extents
 from .render import PatchPreview, decode_state, require_tokenizer
 from .sampler import DEFAULT_MAX_POOL_BYTES, outpaint, run
 from .state import CanvasState, empty_state, plan_fill, plan_outpaint, state_from_tokens
+from .stream import stream_canvas
 
 InfinityModel = io.Custom("BOUNDLESS_INFINITY")
 NCPState = io.Custom("BOUNDLESS_NCP_STATE")
@@ -151,9 +152,6 @@ class NCPStateFromTokens(io.ComfyNode):
     @classmethod
     def execute(cls, model, tokens: Tokens, e_w, e_h, e_f, wrap) -> io.NodeOutput:
         net = model.model
-        if net.tokenizer and tokens.tokenizer != net.tokenizer:
-            raise BoundlessError("these tokens come from another VQGAN than the one this Infinity model was "
-                                 "trained on; encode the image with the model's VQGAN")
         ph, pw = net.config.patch_h, net.config.patch_w
         _, h, w = tokens.indices.shape
         if h % ph or w % pw:
@@ -326,5 +324,41 @@ class LoadNCPState(io.ComfyNode):
         return io.NodeOutput(CanvasState.load(path))
 
 
+class InfinityStreamCanvas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessInfinityStreamCanvas", display_name="Infinity Stream Canvas To Disk",
+            category="Boundless/infinity", is_output_node=True,
+            description="Generate a canvas wider than memory would hold as one image (e.g. 65536x512) and write "
+                        "it column by column to a tiled TIFF in output/; only a few columns of pixels are ever "
+                        "in memory. Outputs the final state and a reduced preview.",
+            inputs=[InfinityModel.Input("model", tooltip="NUWA-Infinity model."),
+                    sockets.VQGANModel.Input("vqgan", tooltip="The VQGAN the model was trained with."),
+                    io.Int.Input("width_patches", default=64, min=1, max=65536, tooltip="Canvas width in patches."),
+                    io.Int.Input("height_patches", default=2, min=1, max=64, tooltip="Canvas height in patches."),
+                    *_extent_inputs(), *_sampling_inputs()[:3],
+                    io.String.Input("filename_prefix", default="boundless/infinity_stream",
+                                    tooltip="Path under output/ (without extension) of the .tif file.")],
+            outputs=[NCPState.Output(display_name="state"), io.Image.Output(display_name="preview")])
+
+    @classmethod
+    def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
+                filename_prefix) -> io.NodeOutput:
+        net, tokenizer = comfy_glue.load_for_use(model), comfy_glue.load_for_use(vqgan)
+        if net.tokenizer and net.tokenizer != fingerprint(VQGAN_KIND, tokenizer.quantize.embedding.weight):
+            raise BoundlessError("this VQGAN is not the one the Infinity model was trained with; connect that one")
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory())
+        path = os.path.join(folder, f"{name}_{counter:05}.tif")
+        result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,
+                               temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f),
+                               progress=comfy_glue.progress_reporter(width_patches * height_patches))
+        logging.info("[Boundless] wrote %dx%d px canvas to %s", result.width, result.height, path)
+        return io.NodeOutput(result.state, result.preview.to(comfy_glue.output_device()),
+                             ui={"text": [f"{os.path.join(subfolder, os.path.basename(path))} "
+                                          f"({result.width}x{result.height} px)"]})
+
+
 NODES = [InfinityModelLoader, NCPStateEmpty, NCPStateFromTokens, InfinityGenerateCanvas, InfinityOutpaintStep,
-         InfinityResume, NCPStateToTokens, NCPStateToImage, SaveNCPState, LoadNCPState]
+         InfinityResume, NCPStateToTokens, NCPStateToImage, SaveNCPState, LoadNCPState, InfinityStreamCanvas]
