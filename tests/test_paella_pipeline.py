@@ -163,3 +163,10 @@ def test_tokens_are_tied_to_their_vqgan(models):
     assert tokens.factor == 4 and torch.equal(pipeline.from_tokens(models["f4"], tokens, "decode"), indices)
     with pytest.raises(errors.BoundlessError, match="another tokenizer"):
         pipeline.from_tokens(paella_tiny.tiny_f4(seed=7), tokens, "decode")
+
+
+def test_preview_decodes_the_first_image_and_bounds_its_size(models):
+    small = torch.zeros(2, 8, 12, dtype=torch.long)
+    assert pipeline.previewer(models["f4"])(small).shape == (1, 32, 48, 3)
+    large = torch.zeros(1, 160, 96, dtype=torch.long)
+    assert pipeline.previewer(models["f4"])(large).shape == (1, 4 * 54, 4 * 32, 3)

@@ -32,11 +32,6 @@ class PaellaConditioning:
     clip_image: Optional[torch.Tensor] = None  # [B, N, C]  OpenCLIP image vectors
     spatial: Optional[torch.Tensor] = None     # [B, C, h, w] regional v1 condition
 
-    @property
-    def batch(self) -> int:
-        sizes = {t.shape[0] for t in self.tensors().values()}
-        return max(sizes) if sizes else 0
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 

@@ -398,7 +398,8 @@ class PaellaVariations(io.ComfyNode):
             raise BoundlessError("Paella v3 variations need ByT5 states: connect a 'positive' conditioning "
                                  "(e.g. the embeddings of the empty prompt \"\")")
         else:
-            cond = paella_conditioning.add_images(positive, paella_conditioning.from_sources(image_embeds=vectors).clip_image)
+            image_tokens = paella_conditioning.from_sources(image_embeds=vectors).clip_image
+            cond = paella_conditioning.add_images(positive, image_tokens)
         indices = _generate(net, tok, sampler, cond, negative, seed=seed, batch=batch_size, grid=grid)
         return io.NodeOutput(_image_out(_decode(tok, indices)), _tokens_out(tok, indices))
 
@@ -493,7 +494,8 @@ class PaellaRegionalConditioning(io.ComfyNode):
             region_mask = mask.reshape(-1, *mask.shape[-2:])
         else:
             if cell >= rows * columns:
-                raise BoundlessError(f"grid cell {cell} does not exist in a {rows}x{columns} grid (0..{rows * columns - 1})")
+                raise BoundlessError(f"grid cell {cell} does not exist in a {rows}x{columns} grid "
+                                     f"(cells 0..{rows * columns - 1}, row-major)")
             region_mask = paella_conditioning.grid_masks(rows, columns)[cell]
         return io.NodeOutput(paella_conditioning.with_region(base, region, region_mask))
 

@@ -116,9 +116,10 @@ def token_grid(model, vqgan, width: int, height: int) -> tuple[int, int]:
     """(h, w) tokens for an image size in pixels; refuses sizes the model cannot take."""
     multiple, smallest = pixel_limits(model, vqgan)
     if width % multiple or height % multiple or width < smallest or height < smallest:
+        fit_w = max(smallest, width // multiple * multiple)
+        fit_h = max(smallest, height // multiple * multiple)
         raise BoundlessError(f"Paella {version_of(model)} needs image sides that are multiples of {multiple} px "
-                             f"(at least {smallest} px), got {width}x{height}; use e.g. "
-                             f"{max(smallest, width // multiple * multiple)}x{max(smallest, height // multiple * multiple)}")
+                             f"(at least {smallest} px), got {width}x{height}; use e.g. {fit_w}x{fit_h}")
     f = factor_of(vqgan)
     return height // f, width // f
 
@@ -151,11 +152,17 @@ def from_tokens(vqgan, tokens: Tokens, what: str) -> torch.Tensor:
     return tokens.indices
 
 
+# Previews decode at most this many tokens per side (larger grids are subsampled), so a preview
+# costs at most about one 256-px VQGAN decode per step whatever the image size.
+PREVIEW_TOKENS = 64
+
+
 def previewer(vqgan) -> Callable[[torch.Tensor], torch.Tensor]:
     """Decode the first image of a token batch to an IMAGE ``[1, H, W, 3]`` for the progress bar."""
     def preview(indices_bhw: torch.Tensor) -> torch.Tensor:
+        stride = math.ceil(max(indices_bhw.shape[-2:]) / PREVIEW_TOKENS)
         with torch.inference_mode():
-            return decode(vqgan, indices_bhw[:1]).movedim(1, -1).cpu()
+            return decode(vqgan, indices_bhw[:1, ::stride, ::stride]).movedim(1, -1).cpu()
     return preview
 
 

@@ -128,8 +128,9 @@ def sample_v3(model: PaellaV3, cond: V3Condition, uncond: Optional[V3Condition],
     if attn_weights is not None:
         attn_weights = attn_weights.to(device, dtype)
     if keep_mask is not None:
-        if known is None or tuple(keep_mask.shape) != (batch, height, width) or tuple(known.shape) != tuple(keep_mask.shape):
-            raise BoundlessError(f"in/out-painting needs a token mask and known tokens of shape {(batch, height, width)}")
+        wanted = (batch, height, width)
+        if known is None or tuple(keep_mask.shape) != wanted or tuple(known.shape) != wanted:
+            raise BoundlessError(f"in/out-painting needs a token mask and known tokens of shape {wanted}")
         keep_mask = keep_mask.to(device=device, dtype=torch.bool)
         known = known.to(device)
 

@@ -138,8 +138,10 @@ class PackedAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * c, c))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * c))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
         self.out_proj = nn.Linear(c, c)
+        if not self.in_proj_weight.is_meta:
+            nn.init.xavier_uniform_(self.in_proj_weight)   # as nn.MultiheadAttention initialises it
 
     def forward(self, q_bnc: torch.Tensor, kv_bmc: torch.Tensor,
                 key_weights: torch.Tensor | None = None) -> torch.Tensor:
