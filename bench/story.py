@@ -134,7 +134,7 @@ def main() -> None:
         story, id_cond, panel_cond, negative, n_identity, n_panels = nodes.StoryPrompt.execute(
             clip, CHARACTERS, story_panels(panels), "{prompt}", "", 1).result
         identity_model, bank = nodes.ConsistentSelfAttention.execute(
-            model, seed=0, rate_h32=0.5, rate_h16=0.5, rate_h8=0.5, blocks="up blocks (reference)", start_step=1,
+            model, selection_seed=0, rate_h32=0.5, rate_h16=0.5, rate_h8=0.5, blocks="up blocks (reference)", start_step=1,
             skip_prob_early=0.3, skip_prob_late=0.1, late_from_step=20, story=story).result
         if identity is None:
             sample(model, id_cond, negative, n_identity)                       # warm-up

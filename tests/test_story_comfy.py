@@ -51,7 +51,7 @@ def sample(env, model, positive, negative, batch, seed, sampler="euler", schedul
 
 
 def csa_node(env, story_value=None, blocks=UP, model=None, **overrides):
-    values = dict(seed=0, rate_h32=0.5, rate_h16=0.5, rate_h8=0.5, blocks=blocks, start_step=1, skip_prob_early=0.3,
+    values = dict(selection_seed=0, rate_h32=0.5, rate_h16=0.5, rate_h8=0.5, blocks=blocks, start_step=1, skip_prob_early=0.3,
                   skip_prob_late=0.1, late_from_step=20)
     values.update(overrides)
     return env["nodes"].ConsistentSelfAttention.execute(model or env["model"], story=story_value, **values).result

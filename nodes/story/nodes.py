@@ -131,9 +131,10 @@ class ConsistentSelfAttention(io.ComfyNode):
                 StorySocket.Input("story", optional=True,
                                   tooltip="From Story Prompt: says which batch rows belong to which character. "
                                           "Without it the whole batch is one character."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the random token selection and layer skipping (the reference demo "
-                                     "uses the sampling seed)."),
+                io.Int.Input("selection_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the random token selection and layer skipping. It stays fixed so "
+                                     "that changing only the panels reuses the bank (the reference demo uses the "
+                                     "sampling seed)."),
                 io.Float.Input("rate_h32", default=0.5, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of tokens shared at the coarsest up-block level (image/32; the "
                                        "reference's sa32). Higher = more consistent, less varied."),
@@ -156,10 +157,10 @@ class ConsistentSelfAttention(io.ComfyNode):
             outputs=[io.Model.Output(display_name="identity_model"), BankSocket.Output(display_name="bank")])
 
     @classmethod
-    def execute(cls, model, seed, rate_h32, rate_h16, rate_h8, blocks, start_step, skip_prob_early,
+    def execute(cls, model, selection_seed, rate_h32, rate_h16, rate_h8, blocks, start_step, skip_prob_early,
                 skip_prob_late, late_from_step, story=None) -> io.NodeOutput:
         layers = choose_layers(unet_attention_layers(model.get_model_object("diffusion_model")), blocks)
-        settings = CSASettings(seed=seed, rate_h32=rate_h32, rate_h16=rate_h16, rate_h8=rate_h8,
+        settings = CSASettings(seed=selection_seed, rate_h32=rate_h32, rate_h16=rate_h16, rate_h8=rate_h8,
                                gating=Gating(start_step, skip_prob_early, skip_prob_late, late_from_step))
         bank = CharacterBank(mm.unet_offload_device())
         rows = story.identity_rows if story is not None else None
