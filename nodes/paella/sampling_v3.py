@@ -159,8 +159,8 @@ def sample_v3(model: PaellaV3, cond: V3Condition, uncond: Optional[V3Condition],
                 rows_nk = probs_bkhw.permute(0, 2, 3, 1).reshape(-1, num_labels).cpu().contiguous()
                 x = torch.multinomial(rows_nk, 1, generator=generator)[:, 0].view(batch, height, width).to(device)
             else:
-                mixed_nc = probs_bkhw.permute(0, 2, 3, 1).reshape(-1, num_labels) @ codebook.to(device).float()
-                x = quantize(mixed_nc).view(batch, height, width)
+                mixed_nc = probs_bkhw.permute(0, 2, 3, 1).reshape(-1, num_labels).to(codebook.device) @ codebook.float()
+                x = quantize(mixed_nc).view(batch, height, width).to(device)
         if keep_mask is not None:
             x = torch.where(keep_mask, x, known)
         if i < renoise_steps:
