@@ -55,8 +55,27 @@ def test_shipped_workflows_are_served_as_templates(comfy):
     assert sorted(templates.get("boundless", [])) == shipped
 
 
-@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")), ids=lambda p: p.stem)
-def test_every_shipped_workflow_runs(comfy, path):
+# Workflows whose models exist as shipped (demo models) or as tiny test files under the same
+# names run here unchanged. The others need real checkpoints swapped for test stand-ins (story:
+# the tiny UNet for CheckpointLoaderSimple) or smaller settings (paella: notebook step counts),
+# and are run by their system's own server test, which must name them.
+RUN_AS_SHIPPED = ("vqgan_", "infinity_", "var_")
+
+
+def test_every_shipped_workflow_is_run_by_some_test():
+    tests = {p.name: p.read_text() for p in (ROOT / "tests").glob("test_*_server.py")}
+    for path in WORKFLOWS.glob("*.json"):
+        if path.name.startswith(RUN_AS_SHIPPED):
+            continue
+        prefix = path.name.split("_")[0] + "_"
+        runners = [name for name, text in tests.items()
+                   if path.name in text or f'glob("{prefix}*.json")' in text]
+        assert runners, f"no server test runs workflows/{path.name}"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in WORKFLOWS.glob("*.json") if p.name.startswith(RUN_AS_SHIPPED)),
+                         ids=lambda p: p.stem)
+def test_shipped_workflow_runs(comfy, path):
     """Each workflow runs end to end and every image output node yields real, non-flat images."""
     ui = json.loads(path.read_text())
     outputs = comfy.run_workflow(ui)

@@ -59,8 +59,13 @@ def managed(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
 
 def load_for_use(patcher: comfy.model_patcher.ModelPatcher, memory_required: int = 0) -> torch.nn.Module:
     """Ask ComfyUI to place the model on its compute device; return the module to call."""
-    mm.load_models_gpu([patcher], memory_required=memory_required)
-    return patcher.model
+    return load_together(patcher, memory_required=memory_required)[0]
+
+
+def load_together(*patchers: comfy.model_patcher.ModelPatcher, memory_required: int = 0) -> list[torch.nn.Module]:
+    """Place several models at once (a sampler and its VQGAN), so loading one never evicts the other."""
+    mm.load_models_gpu(list(patchers), memory_required=memory_required)
+    return [patcher.model for patcher in patchers]
 
 
 def compute_device() -> torch.device:

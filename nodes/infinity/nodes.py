@@ -63,10 +63,11 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
     committed so far is kept), so ``Load NCP State`` + ``Infinity Resume`` can finish it later.
     """
-    model = comfy_glue.load_for_use(patcher)
     preview = None
-    if preview_vqgan is not None:
-        vqgan = comfy_glue.load_for_use(preview_vqgan)
+    if preview_vqgan is None:
+        model = comfy_glue.load_for_use(patcher)
+    else:
+        model, vqgan = comfy_glue.load_together(patcher, preview_vqgan)
         require_tokenizer(state, fingerprint(VQGAN_KIND, vqgan.quantize.embedding.weight), vqgan.factor)
         painter = PatchPreview(vqgan, state)
         preview = painter.update
@@ -345,7 +346,7 @@ class InfinityStreamCanvas(io.ComfyNode):
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
                 filename_prefix) -> io.NodeOutput:
-        net, tokenizer = comfy_glue.load_for_use(model), comfy_glue.load_for_use(vqgan)
+        net, tokenizer = comfy_glue.load_together(model, vqgan)
         if net.tokenizer and net.tokenizer != fingerprint(VQGAN_KIND, tokenizer.quantize.embedding.weight):
             raise BoundlessError("this VQGAN is not the one the Infinity model was trained with; connect that one")
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
