@@ -175,6 +175,16 @@ def test_class_names_and_ids():
         classes.parse_class("retriever")
 
 
+def test_class_names_that_differ_only_in_case_need_the_exact_case():
+    assert classes.class_names()[264] == "Cardigan" and classes.class_names()[474] == "cardigan"
+    assert classes.parse_class("Cardigan") == 264                       # the corgi
+    assert classes.parse_class("cardigan") == 474                       # the sweater
+    assert classes.parse_class_list("Cardigan, cardigan") == [264, 474]
+    assert classes.parse_class("GOLDEN retriever") == 207               # unambiguous: any case
+    with pytest.raises(BoundlessError, match=r"CARDIGAN.*264 \('Cardigan'\), 474 \('cardigan'\)"):
+        classes.parse_class("CARDIGAN")
+
+
 def test_half_precision_transformer_keeps_logits_and_f_hat_in_float32(models):
     vae, var = models
     half = random_transformer(tiny_transformer_config(patch_nums=SMALL), seed=7).to(torch.float16)

@@ -3,7 +3,8 @@
 ``imagenet_classes.txt`` holds one short English name per line; line i (0-based) is class id i,
 the order of the ImageNet-1k synset list used by every released VAR transformer. The names are
 the widely used short labels (as listed by torchvision's ImageNet metadata), one per class and
-unique, so a name identifies its id.
+unique as written; only case tells some apart (264 ``Cardigan``, the corgi, and 474 ``cardigan``,
+the sweater), so an exact-case name wins and a case-insensitive one must be unambiguous.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def class_choices() -> list[str]:
 
 
 def parse_class(text: str, num_classes: int = 1000) -> int | None:
-    """One class from ``"207"``, ``"207: golden retriever"``, ``"golden retriever"`` (any case),
-    ``"unconditional"`` (-> ``num_classes``) or ``"random"`` (-> None, drawn by the sampler)."""
+    """One class from ``"207"``, ``"207: golden retriever"``, ``"golden retriever"`` (any case; an
+    exact-case name wins), ``"unconditional"`` (-> ``num_classes``) or ``"random"`` (-> None, drawn by the sampler)."""
     item = text.strip()
     lowered = item.lower()
     if lowered == RANDOM:
@@ -45,14 +46,29 @@ def parse_class(text: str, num_classes: int = 1000) -> int | None:
         if not 0 <= class_id < num_classes:
             raise BoundlessError(f"class id {class_id} is out of range: this model knows classes 0..{num_classes - 1}")
         return class_id
-    by_name = {name.lower(): i for i, name in enumerate(class_names())}
-    if lowered not in by_name:
-        close = [name for name in class_names() if lowered and lowered in name.lower()][:5]
+    class_id = _class_id_by_name(item)
+    if class_id >= num_classes:
+        raise BoundlessError(f"class {item!r} is id {class_id}, outside this model's 0..{num_classes - 1}")
+    return class_id
+
+
+def _class_id_by_name(item: str) -> int:
+    """The id of a name: the exact-case name first, else the one name equal ignoring case; several
+    names that differ only in case (``cardigan``) are refused with their ids rather than guessed."""
+    names = class_names()
+    if item in names:
+        return names.index(item)
+    lowered = item.lower()
+    matches = [i for i, name in enumerate(names) if name.lower() == lowered]
+    if len(matches) > 1:
+        options = ", ".join(f"{i} ({names[i]!r})" for i in matches)
+        raise BoundlessError(f"ImageNet class {item!r} matches several classes that differ only in case: {options}; "
+                             "type the name with its exact case or give the class id")
+    if not matches:
+        close = [name for name in names if lowered and lowered in name.lower()][:5]
         hint = f" (did you mean: {', '.join(close)}?)" if close else ""
         raise BoundlessError(f"unknown ImageNet class {item!r}{hint}; give a class id 0..999 or an exact name")
-    if by_name[lowered] >= num_classes:
-        raise BoundlessError(f"class {item!r} is id {by_name[lowered]}, outside this model's 0..{num_classes - 1}")
-    return by_name[lowered]
+    return matches[0]
 
 
 def parse_class_list(text: str, num_classes: int = 1000) -> list[int | None]:

@@ -61,11 +61,14 @@ def _settings(cfg, top_k, top_p, more_smooth) -> SamplingSettings:
 def _sampling_inputs(cfg_default: float, smooth_default: bool) -> list:
     return [
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Seed of the CPU generator that draws every token; the same seed gives the same "
-                             "tokens on any device (and the same tokens as the authors' code on CPU)."),
+                     tooltip="Seed of the CPU generator that draws every token, so the random stream is the same "
+                             "on any device. Same seed on CPU in fp32: the same tokens as the authors' code; "
+                             "on a GPU in bf16/fp16 the logits differ slightly, so some tokens can differ."),
         io.Float.Input("cfg", default=cfg_default, min=0.0, max=20.0, step=0.1,
                        tooltip="Classifier-free guidance at the last scale; it ramps up linearly from 0 at the "
-                               "1x1 scale. The authors' demo uses 4 (3 for editing); FID runs use 1.5."),
+                               "1x1 scale. The authors' demo uses 4 (3 for editing); FID runs use 1.5. "
+                               "No effect in VAR Edit's inpaint/outpaint modes (null class: both guidance "
+                               "halves are the same)."),
         io.Int.Input("top_k", default=900, min=0, max=65536,
                      tooltip="Keep only the k most likely codes at each position (0 = off)."),
         io.Float.Input("top_p", default=0.95, min=0.0, max=1.0, step=0.01,
@@ -135,8 +138,10 @@ class VARSample(io.ComfyNode):
                     io.Int.Input("batch_size", default=1, min=1, max=64,
                                  tooltip="Images per class."),
                     io.String.Input("classes", default="", multiline=False,
-                                    tooltip="Optional list of classes (ids or exact ImageNet names, separated by "
-                                            "commas) that replaces class_name; each gets batch_size images.")],
+                                    tooltip="Optional list of classes (ids or ImageNet names, separated by commas) "
+                                            "that replaces class_name; each gets batch_size images. Names match "
+                                            "in any case, but the exact case wins ('Cardigan' 264 is the corgi, "
+                                            "'cardigan' 474 the sweater).")],
             outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
 
     @classmethod
@@ -172,9 +177,10 @@ class VAREdit(io.ComfyNode):
                                                   "16x16-pixel token that is touched by the mask is redrawn."),
                     io.Combo.Input("mode", options=[m.value for m in EditMode], default=EditMode.INPAINT.value,
                                    tooltip="inpaint / outpaint: fill the masked area with no class (the null "
-                                           "class, as in the notebook; outpaint is meant for a mask around the "
-                                           "border, e.g. from Pad Image for Outpainting). class-edit: redraw the "
-                                           "masked area as class_name."),
+                                           "class, as in the notebook, so class_name and cfg have no effect; "
+                                           "outpaint is meant for a mask around the border, e.g. from Pad "
+                                           "Image for Outpainting). class-edit: redraw the masked area as "
+                                           "class_name, guided by cfg."),
                     io.Combo.Input("class_name", options=class_choices()[2:], default="207: golden retriever",
                                    tooltip="The class drawn inside the mask in class-edit mode (ignored otherwise)."),
                     *_sampling_inputs(cfg_default=3.0, smooth_default=True),
