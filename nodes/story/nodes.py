@@ -174,7 +174,9 @@ class ReadCharacterBank(io.ComfyNode):
         return io.Schema(
             node_id="BoundlessStoryReadBank", display_name="Read Character Bank", category=CATEGORY,
             description="The MODEL for the panels: each panel reads the banked features of the characters it names. "
-                        "Sample the panels with the same steps, sampler, scheduler and size as the identity images.",
+                        "Sample the panels with the same steps, scheduler and denoise as the identity images (checked: "
+                        "the sigma schedules must match); the sampler and size are not checked, but keep them the "
+                        "same too.",
             inputs=[
                 BankSocket.Input("bank", tooltip="From Consistent Self-Attention."),
                 io.Latent.Input("identity_latent",
