@@ -168,10 +168,13 @@ class PaellaConditioningNode(io.ComfyNode):
             node_id="BoundlessPaellaConditioning", display_name="Paella Conditioning", category=CATEGORY,
             description="Assemble Paella conditioning from precomputed encoder outputs. v3 needs ByT5-XL states "
                         "plus OpenCLIP ViT-H-14 text (and optional image) vectors; v1 needs one OpenCLIP ViT-g-14 "
-                        "vector. File keys: byt5 [L,2560], clip_text [1024], clip_image [N,1024].",
+                        "vector. File keys: byt5 [L,2560], clip_text [1024], clip_image [1024]; a leading batch axis "
+                        "is optional, so a 2-D clip_image [B,1024] is one vector per image: to mix N image "
+                        "vectors give [1,N,1024] (or [B,N,1024]).",
             inputs=[io.Combo.Input("embeddings", options=_embedding_files(), default=NO_FILE,
                                    tooltip="A .safetensors file in models/paella_embeddings with keys byt5, "
-                                           "clip_text and/or clip_image (batch axis optional)."),
+                                           "clip_text and/or clip_image (batch axis optional; clip_image "
+                                           "[B,1024] is one vector per image, [1,N,1024] mixes N vectors)."),
                     io.Conditioning.Input("conditioning", optional=True,
                                           tooltip="ComfyUI CONDITIONING: its pooled_output becomes the CLIP text "
                                                   "vector (SD 2.x's OpenCLIP ViT-H-14 gives exactly v3's); its "
