@@ -6,7 +6,9 @@
   pickle, read with ``weights_only=True``), ``prior_tiny.safetensors``, ``paella_v1_tiny.safetensors``,
   ``vqgan_f8_tiny.safetensors``;
 * ``models/paella_embeddings/``: ``v3_prompt_tiny`` (ByT5 + CLIP text + CLIP image), ``v3_empty_tiny``
-  (the unconditional ByT5("") / CLIP("") stand-in), ``v1_prompt_a_tiny``, ``v1_prompt_b_tiny``.
+  (the unconditional ByT5("") / CLIP("") stand-in), ``v3_other_tiny``, ``v1_prompt_a_tiny``, ``v1_prompt_b_tiny``,
+  ``image_a_tiny`` / ``image_b_tiny`` (a lone ``clip_image`` vector each: the source image of a variation, for
+  v3 and v1 alike since both tiny models take 16-wide CLIP vectors).
 
 The models are small enough that a 64x64 image with 2 steps samples in well under a second on CPU.
 """
@@ -104,6 +106,9 @@ def tiny_embeddings(seed: int = 5) -> dict[str, dict[str, torch.Tensor]]:
                                       "clip_text": torch.randn(1, CLIP_WIDTH, generator=g)},
         "v1_prompt_a_tiny.safetensors": {"clip_text": torch.randn(1, CLIP_WIDTH, generator=g)},
         "v1_prompt_b_tiny.safetensors": {"clip_text": torch.randn(1, CLIP_WIDTH, generator=g)},
+        # Source-image vectors for variations (last, so the files above keep their values).
+        "image_a_tiny.safetensors": {"clip_image": torch.randn(1, CLIP_WIDTH, generator=g)},
+        "image_b_tiny.safetensors": {"clip_image": torch.randn(1, CLIP_WIDTH, generator=g)},
     }
 
 

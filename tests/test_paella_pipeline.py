@@ -58,6 +58,49 @@ def test_from_sources_errors(kwargs, message):
         conditioning.from_sources(**kwargs)
 
 
+def test_variation_conditioning_takes_the_image_vector_from_a_file_or_clip_vision():
+    image = v3_cond("image_a_tiny.safetensors")
+    assert image.byt5 is None and image.clip_image.shape == (1, 1, 16)
+    empty, prompt = v3_cond("v3_empty_tiny.safetensors"), v3_cond()
+    v3 = conditioning.variation_conditioning("v3", image, positive=empty)
+    assert torch.equal(v3.byt5, empty.byt5) and torch.equal(v3.clip_text, empty.clip_text)
+    assert torch.equal(v3.clip_image, image.clip_image)
+    both = conditioning.variation_conditioning("v3", image, torch.ones(1, 16), positive=prompt)
+    assert both.clip_image.shape == (1, 3, 16)   # the prompt's own vector, the file's, then CLIP vision's
+    assert torch.equal(both.clip_image[:, 0], prompt.clip_image[:, 0])
+    assert torch.equal(both.clip_image[:, 1], image.clip_image[:, 0])
+    assert torch.equal(both.clip_image[0, 2], torch.ones(16))
+    v1 = conditioning.variation_conditioning("v1", image_embeds=torch.full((16,), 2.0))
+    assert v1.tensors().keys() == {"clip_image"}
+    assert torch.equal(conditioning.v1_vector(v1), torch.full((1, 16), 2.0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"version": "v3", "positive": "v3_empty_tiny.safetensors"}, "need the source image's CLIP vector"),
+    ({"version": "v3", "embedding": "v1_prompt_a_tiny.safetensors", "positive": "v3_empty_tiny.safetensors"},
+     "has no CLIP image vector"),
+    ({"version": "v3", "embedding": "image_a_tiny.safetensors"}, "need ByT5 states"),
+    ({"version": "v1", "embedding": "image_a_tiny.safetensors", "positive": "v1_prompt_a_tiny.safetensors"},
+     "disconnect 'positive'"),
+])
+def test_variation_conditioning_errors(kwargs, message):
+    loaded = {k: v3_cond(v) if k in ("embedding", "positive") else v for k, v in kwargs.items()}
+    with pytest.raises(errors.BoundlessError, match=message):
+        conditioning.variation_conditioning(**loaded)
+
+
+def test_variations_follow_the_image_vector(models):
+    """Same seed, same text: another source-image vector gives other tokens (v3 and v1)."""
+    empty = v3_cond("v3_empty_tiny.safetensors")
+    sides = [v3_cond(name) for name in ("image_a_tiny.safetensors", "image_b_tiny.safetensors")]
+    v3 = [pipeline.generate(models["v3"], models["f4"], FAST_V3, conditioning.variation_conditioning(
+        "v3", side, positive=empty), empty, seed=4, batch=2, grid=(8, 8)) for side in sides]
+    v1 = [pipeline.generate(models["v1"], models["f8"], FAST_V1, conditioning.variation_conditioning("v1", side),
+                            None, seed=4, batch=1, grid=(8, 8)) for side in sides]
+    assert v3[0].shape == (2, 8, 8) and v1[0].shape == (1, 8, 8)
+    assert not torch.equal(v3[0], v3[1]) and not torch.equal(v1[0], v1[1])
+
+
 def test_interpolate_hits_both_ends_and_refuses_length_mismatch():
     a, b = v3_cond(), v3_cond("v3_other_tiny.safetensors")
     assert torch.equal(conditioning.interpolate(a, b, 0.0).byt5, a.byt5)

@@ -138,14 +138,56 @@ def test_bad_input_gives_clear_errors(comfy):
 # their wiring and shrink steps and sizes so the tiny models finish in seconds on a shared CPU.
 FAST = {"BoundlessPaellaV3Sampler": {"steps": 2, "cfg_steps": -1}, "BoundlessPaellaV1Sampler": {"steps": 2},
         "BoundlessPaellaPrior": {"steps": 3}, "BoundlessPaellaTextToImage": {"width": 64, "height": 64},
-        "BoundlessPaellaInterpolate": {"width": 64, "height": 64, "frames": 3}}
+        "BoundlessPaellaInterpolate": {"width": 64, "height": 64, "frames": 3},
+        "BoundlessPaellaVariations": {"width": 64, "height": 32, "batch_size": 2}}
+
+
+def fast_overrides(ui: dict) -> dict:
+    return {str(n["id"]): dict(FAST[n["type"]]) for n in ui["nodes"] if n["type"] in FAST}
+
+
+def test_v3_variations_workflow_follows_the_image_embedding(comfy):
+    """The shipped workflow needs no CLIP vision weights (the source vector comes from an embeddings file);
+    with the same seed, another source vector gives other images."""
+    ui = json.loads((WORKFLOWS / "paella_v3_variations.json").read_text())
+    [source] = [str(n["id"]) for n in ui["nodes"] if n.get("widgets_values") == ["image_a_tiny.safetensors"]]
+    [save] = [str(n["id"]) for n in ui["nodes"] if n["type"] == "SaveImage"]
+    runs = []
+    for name in ("image_a_tiny.safetensors", "image_b_tiny.safetensors"):
+        outputs = comfy.run_workflow(ui, {**fast_overrides(ui), source: {"embeddings": name}})
+        runs.append([pixels(im) for im in comfy.images(outputs, save)])
+    for images in runs:
+        assert [im.shape for im in images] == [(32, 64, 3)] * 2
+        assert not np.array_equal(images[0], images[1])
+    assert all(not np.array_equal(a, b) for a, b in zip(*runs))
+
+
+def test_v1_variations_from_an_embeddings_file_and_errors(comfy):
+    graph = base(V1_FILES, v1_sampler())
+    graph["i"] = cond("image_b_tiny.safetensors")
+    graph["t"] = {"class_type": "BoundlessPaellaVariations",
+                  "inputs": common({"image_embedding": ["i", 0], "width": 64, "height": 64, "batch_size": 1,
+                                    "seed": 3})}
+    graph["o"] = {"class_type": "PreviewImage", "inputs": {"images": ["t", 0]}}
+    assert [im.size for im in comfy.images(comfy.run(graph), "o")] == [(64, 64)]
+    no_image = json.loads(json.dumps(graph))
+    del no_image["t"]["inputs"]["image_embedding"]
+    text_only = json.loads(json.dumps(graph))
+    text_only["i"] = cond("v1_prompt_a_tiny.safetensors")
+    with_text = json.loads(json.dumps(graph))
+    with_text["p"] = cond("v1_prompt_a_tiny.safetensors")
+    with_text["t"]["inputs"]["positive"] = ["p", 0]
+    for broken, message in ((no_image, "need the source image's CLIP vector"),
+                            (text_only, "has no CLIP image vector"),
+                            (with_text, "disconnect 'positive'")):
+        with pytest.raises(PromptError, match=message):
+            comfy.run(broken)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("paella_*.json")))
 def test_shipped_workflows_run(comfy, name):
     ui = json.loads((WORKFLOWS / name).read_text())
-    overrides = {str(n["id"]): FAST[n["type"]] for n in ui["nodes"] if n["type"] in FAST}
-    outputs = comfy.run_workflow(ui, overrides)
+    outputs = comfy.run_workflow(ui, fast_overrides(ui))
     saved = [info for node_outputs in outputs.values() for info in node_outputs.get("images", [])]
     assert saved, name
     assert all(comfy.fetch(info) for info in saved)

@@ -112,6 +112,39 @@ def add_images(cond: PaellaConditioning, images_bnc: torch.Tensor) -> PaellaCond
     return dataclasses.replace(cond, clip_image=merged)
 
 
+def variation_conditioning(version: str, embedding: Optional[PaellaConditioning] = None,
+                           image_embeds: Optional[torch.Tensor] = None,
+                           positive: Optional[PaellaConditioning] = None) -> PaellaConditioning:
+    """The conditioning of an image variation: the source image's CLIP vectors (+ v3's text part).
+
+    The vectors come from ``embedding.clip_image`` (e.g. an embeddings file with a ``clip_image``
+    key, so no CLIP vision weights are needed) and/or CLIP Vision Encode ``image_embeds``, appended
+    in that order. v1's image finetune is conditioned on that one vector alone; v3 needs ByT5
+    states, so the vectors go after ``positive``'s own (its text vector and image vectors stay).
+    """
+    images = PaellaConditioning()
+    if embedding is not None:
+        if embedding.clip_image is None:
+            raise BoundlessError("the image embedding has no CLIP image vector: build it from an embeddings "
+                                 "file with a 'clip_image' key or from a CLIP vision output (it has "
+                                 f"{embedding.describe()})")
+        images = add_images(images, embedding.clip_image)
+    if image_embeds is not None:
+        images = add_images(images, _as_batch(image_embeds, 2, "image_embeds")[:, None])
+    if images.clip_image is None:
+        raise BoundlessError("image variations need the source image's CLIP vector: connect 'image_embedding' (a "
+                             "Paella Conditioning whose file has a 'clip_image' key) or a CLIP Vision Encode output")
+    if version == "v1":
+        if positive is not None:
+            raise BoundlessError("Paella v1 variations are conditioned on the image vector alone; disconnect "
+                                 "'positive'")
+        return images
+    if positive is None:
+        raise BoundlessError("Paella v3 variations need ByT5 states: connect a 'positive' conditioning "
+                             "(e.g. the embeddings of the empty prompt \"\")")
+    return add_images(positive, images.clip_image)
+
+
 def expand_batch(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     if t.shape[0] == batch:
         return t

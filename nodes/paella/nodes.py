@@ -375,34 +375,35 @@ class PaellaVariations(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="BoundlessPaellaVariations", display_name="Paella Image Variations", category=CATEGORY,
-            description="Variations of an image from its CLIP image vector. v3: the vector becomes CLIP image "
-                        "tokens next to the (optional) text of 'positive' (needs ByT5 states, e.g. of \"\"). v1: "
-                        "the vector alone conditions the image-variation finetune (model_50000_img.pt).",
+            description="Variations of an image from its CLIP image vector: a precomputed one (Paella Conditioning "
+                        "from a file with a clip_image key; no CLIP vision weights needed) and/or a CLIP Vision "
+                        "Encode output. v3: the vector becomes CLIP image tokens next to the (optional) text of "
+                        "'positive' (needs ByT5 states, e.g. of \"\"). v1: the vector alone conditions the "
+                        "image-variation finetune (model_50000_img.pt).",
             inputs=[*_common_inputs(),
-                    io.ClipVisionOutput.Input("clip_vision_output",
-                                              tooltip="CLIP Vision Encode output of the source image "
-                                                      "(v3: ViT-H-14, v1: ViT-g-14 image embeddings)."),
+                    PaellaConditioning.Input("image_embedding", optional=True,
+                                             tooltip="Paella Conditioning holding the source image's CLIP image "
+                                                     "vector (its clip_image; other parts are ignored), e.g. from "
+                                                     "an embeddings file (v3: ViT-H-14, v1: ViT-g-14)."),
+                    io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                              tooltip="CLIP Vision Encode output of the source image (v3: "
+                                                      "ViT-H-14, v1: ViT-g-14); appended after image_embedding."),
                     PaellaConditioning.Input("positive", optional=True,
-                                             tooltip="v3: text part (ByT5 states required; CLIP text optional)."),
+                                             tooltip="v3: text part (ByT5 states required; CLIP text optional). "
+                                                     "v1: leave unconnected."),
                     _negative_input(), *_size_inputs(),
                     io.Int.Input("batch_size", default=4, min=1, max=64, tooltip="Variations per run."),
                     _seed_input()],
             outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
 
     @classmethod
-    def execute(cls, model, vqgan, sampler, clip_vision_output, width, height, batch_size, seed,
-                positive=None, negative=None):
+    def execute(cls, model, vqgan, sampler, width, height, batch_size, seed, image_embedding=None,
+                clip_vision_output=None, positive=None, negative=None):
         net, tok = _setup(model, vqgan, sampler)
         grid = pipeline.token_grid(net, tok, width, height)
-        vectors = clip_vision_output["image_embeds"]
-        if pipeline.version_of(net) == "v1":
-            cond = paella_conditioning.from_sources(image_embeds=vectors)
-        elif positive is None:
-            raise BoundlessError("Paella v3 variations need ByT5 states: connect a 'positive' conditioning "
-                                 "(e.g. the embeddings of the empty prompt \"\")")
-        else:
-            image_tokens = paella_conditioning.from_sources(image_embeds=vectors).clip_image
-            cond = paella_conditioning.add_images(positive, image_tokens)
+        image_embeds = None if clip_vision_output is None else clip_vision_output["image_embeds"]
+        cond = paella_conditioning.variation_conditioning(pipeline.version_of(net), image_embedding, image_embeds,
+                                                          positive)
         indices = _generate(net, tok, sampler, cond, negative, seed=seed, batch=batch_size, grid=grid)
         return io.NodeOutput(_image_out(_decode(tok, indices)), _tokens_out(tok, indices))
 
