@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Train the demo Semantic Motion Predictor: ``.venv/bin/python scripts/train_smp.py [options]``.
+
+Encoder: EfficientNet-lite0 global features (frozen; the offline stand-in for CLIP, see
+nodes/story/motion_encoder.py). Data: the Kenney walk cycles in the arcade wheel (CC0). The
+characters given by ``--holdout`` are never trained on; the script reports, on them, the cosine
+similarity and MSE of the predicted in-between embeddings against the true ones, for the SMP and for
+plain linear interpolation, and writes the weights (float16, ``smp.*`` keys) with the metrics and the
+data licence in the safetensors metadata. Needs requirements-dev.txt (EfficientNet-lite0) and
+``pip install --no-deps arcade==3.3.3`` (both done by scripts/setup).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import torch
+from safetensors.torch import save_file
+
+from packpath import ROOT, pack_module
+
+DEFAULT_OUT = ROOT / "models" / "story" / "boundless_demo_smp.safetensors"
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    p.add_argument("--holdout", default="male_person,robot", help="characters never trained on (comma-separated)")
+    p.add_argument("--train-variants", type=int, default=12, help="renderings per training character")
+    p.add_argument("--recoloured-variants", type=int, default=24,
+                   help="extra renderings per training character with rotated hue / scaled saturation")
+    p.add_argument("--eval-variants", type=int, default=4, help="renderings per character for evaluation")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--mlp", type=int, default=512)
+    p.add_argument("--time-features", type=int, default=32)
+    p.add_argument("--context", type=int, default=8, help="per-frame context width fed to the channel head")
+    p.add_argument("--head-width", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", type=pathlib.Path, help="reuse/store the encoded frames here (.safetensors)")
+    p.add_argument("--metrics", type=pathlib.Path, help="also write the metrics JSON here")
+    return p.parse_args(argv)
+
+
+def encoded_frames(args, smp_train, characters, train_characters):
+    """``{"train": [C_train, K, F, D], "eval": [C, K', F, D]}`` (cached in ``--cache`` if given).
+
+    Training renderings (original colours plus recoloured ones) are made of the training characters
+    only; evaluation renderings (original colours, other backgrounds/offsets) of every character."""
+    from safetensors.torch import load_file
+    key = (f"{','.join(characters)}|{','.join(train_characters)}|{args.train_variants}|{args.recoloured_variants}|"
+           f"{args.eval_variants}|{args.seed}")
+    if args.cache and args.cache.is_file():
+        cached = load_file(str(args.cache))
+        if bytes(cached["key"].tolist()).decode() == key:
+            return {"train": cached["train"], "eval": cached["eval"]}
+    encoder = pack_module("nodes.story.motion_encoder").StandInImageEncoder.pretrained()
+    generator = torch.Generator().manual_seed(args.seed)
+    plan = {"train": (train_characters, smp_train.random_variants(args.train_variants, generator)
+                      + smp_train.random_variants(args.recoloured_variants, generator, recolour=True)),
+            "eval": (characters, smp_train.random_variants(args.eval_variants, generator))}
+    out = {}
+    for split, (names, variants) in plan.items():
+        frames = smp_train.render_cycles(names, variants)
+        started = time.time()
+        out[split] = smp_train.encode_cycles(
+            lambda x: encoder(x, crop=False), frames,
+            progress=lambda done, total: print(f"\r[encode {split}] {done}/{total} "
+                                               f"({time.time() - started:.0f}s)", end="", file=sys.stderr))
+        print(file=sys.stderr)
+    if args.cache:
+        args.cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({**out, "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, str(args.cache))
+    return out
+
+
+def main(argv=None):
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    smp = pack_module("nodes.story.smp")
+    smp_train = pack_module("nodes.story.smp_train")
+    encoder_module = pack_module("nodes.story.motion_encoder")
+    characters = list(smp_train.KENNEY_CHARACTERS)
+    holdout = [c for c in args.holdout.split(",") if c]
+    unknown = sorted(set(holdout) - set(characters))
+    if unknown or len(holdout) >= len(characters):
+        sys.exit(f"--holdout must name some (not all) of {', '.join(characters)}; got {args.holdout}")
+    train_ids = [i for i, c in enumerate(characters) if c not in holdout]
+    held_ids = [i for i, c in enumerate(characters) if c in holdout]
+
+    started = time.time()
+    frames = encoded_frames(args, smp_train, characters, [characters[i] for i in train_ids])
+    encode_s = time.time() - started
+    config = smp.SMPConfig(embed_dim=frames["train"].shape[-1], hidden_dim=args.hidden, depth=args.depth,
+                           mlp_dim=args.mlp, time_features=args.time_features, context_dim=args.context,
+                           head_width=args.head_width)
+    model = smp.SemanticMotionPredictor(config)
+    settings = smp_train.TrainSettings(steps=args.steps, batch=args.batch, lr=args.lr,
+                                       weight_decay=args.weight_decay, seed=args.seed)
+
+    def log(step, loss):
+        if step % 100 == 0 or step == settings.steps - 1:
+            print(f"[train] step {step:5d} loss {loss:.4f} ({time.time() - started:.0f}s)", file=sys.stderr)
+
+    losses = smp_train.train_predictor(model, frames["train"], settings, log)
+    train_s = time.time() - started - encode_s
+
+    sd = smp.predictor_state_dict(model, torch.float16)
+    shipped = smp.load_predictor(sd)            # evaluate exactly what is written (float16-rounded)
+    metrics = {
+        "heldout_characters": holdout,
+        "heldout": smp_train.evaluate(shipped, frames["eval"][held_ids]),
+        "train_characters_unseen_renderings": smp_train.evaluate(shipped, frames["eval"][train_ids]),
+        "first_loss": losses[0], "last_loss_mean_50": sum(losses[-50:]) / len(losses[-50:]),
+        "params": sum(p.numel() for p in model.parameters()),
+        "encode_s": round(encode_s, 1), "train_s": round(train_s, 1), "threads": args.threads,
+    }
+    metadata = {
+        "format": "boundless-smp",
+        "encoder": encoder_module.ENCODER_NAME,
+        "encoder_preprocess": "IMAGE stretched to 224x224 (crop=False), ImageNet mean/std",
+        "data": smp_train.DATA_SOURCE,
+        "objective": "in-between frame embeddings from endpoint embeddings (frozen encoder, no denoiser)",
+        "config": json.dumps(dataclasses.asdict(config)),
+        "metrics": json.dumps(metrics),
+        "command": "scripts/train_smp.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(args.out), metadata=metadata)
+    report = {"out": str(args.out), "bytes": args.out.stat().st_size, **metrics}
+    if args.metrics:
+        args.metrics.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
