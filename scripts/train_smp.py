@@ -48,6 +48,8 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=pathlib.Path, help="reuse/store the encoded frames here (.safetensors)")
     p.add_argument("--metrics", type=pathlib.Path, help="also write the metrics JSON here")
+    p.add_argument("--evaluate", action="store_true",
+                   help="do not train: evaluate the weights in --out on the same data (per clip length too)")
     return p.parse_args(argv)
 
 
@@ -101,6 +103,16 @@ def main(argv=None):
     started = time.time()
     frames = encoded_frames(args, smp_train, characters, [characters[i] for i in train_ids])
     encode_s = time.time() - started
+    if args.evaluate:
+        from safetensors.torch import load_file
+        shipped = smp.load_predictor(load_file(str(args.out)))
+        report = {"weights": str(args.out), "heldout_characters": holdout,
+                  "heldout": smp_train.evaluate(shipped, frames["eval"][held_ids]),
+                  "heldout_by_clip_length": {n: smp_train.evaluate(shipped, frames["eval"][held_ids], (n,))
+                                             for n in range(3, smp_train.WALK_FRAMES + 2)},
+                  "train_characters_unseen_renderings": smp_train.evaluate(shipped, frames["eval"][train_ids])}
+        print(json.dumps(report, indent=2))
+        return
     config = smp.SMPConfig(embed_dim=frames["train"].shape[-1], hidden_dim=args.hidden, depth=args.depth,
                            mlp_dim=args.mlp, time_features=args.time_features, context_dim=args.context,
                            head_width=args.head_width)
