@@ -7,14 +7,21 @@ diffusion model through IP-Adapter-style cross-attention (``motion_tokens`` and 
 No SMP code, weights or training recipe were released, so these choices are ours (where the paper
 is silent):
 
-* **Residual on the interpolation.** The transformer predicts a correction that is added to the
-  interpolated embedding, and its output layer starts at zero: an untrained predictor is exactly
-  linear interpolation, and training can only move it away from that baseline where data says so.
-* **Known endpoints stay fixed.** Frames 0 and ``L-1`` are the given images; their embeddings are
-  returned unchanged (the correction is masked there).
+* **Residual on the interpolation.** The network predicts a correction that is added to the
+  interpolated embedding, and its last layer starts at zero: an untrained predictor is exactly
+  linear interpolation, and training moves it away from that baseline only where data says so.
+* **Two parts.** A transformer over the ``L`` interpolated frames (the paper's SMP body) gives each
+  frame a small context vector; a *channel head*, one small MLP shared by every embedding channel,
+  turns (that channel's start and end values, ``t``, the clip's endpoint distance and cosine, the
+  frame's context) into the channel's correction. Sharing the head across channels is what made
+  the predictor generalise to unseen characters in our experiments (BENCHMARKS.md); a transformer
+  writing the whole correction through a linear layer overfitted to the training identities.
+* **Known endpoints stay fixed.** Frames 0 and ``L-1`` are the given images; the correction is
+  scaled by ``4 t (1 - t)``, which is exactly zero there, so their embeddings come back unchanged.
 * **Frame position as a fraction.** Each frame gets sinusoidal features of ``t = i / (L-1)``
   through a linear layer, so one predictor serves any ``L``.
-* **Heads from the width.** Attention heads are 64 wide (``heads = hidden // 64``, at least one), so
+* **Heads from the width.** Attention heads are 64 wide (``heads = hidden // 64``, at least one);
+  ``embed_scale`` (the data's typical channel spread, set by training) is stored as a tensor; so
   the whole configuration follows from a file's tensor shapes.
 
 Files store the predictor under ``smp.`` (see :func:`predictor_state_dict`); the same file may also
@@ -168,14 +175,17 @@ class SemanticMotionPredictor(nn.Module):
             h_blc = block(h_blc)
         context_blk = self.context_proj(self.norm_out(h_blc))                            # [B, L, K]
         # Channel head: one small MLP shared by all channels maps (start, end, t, clip, context) to a
-        # correction of that channel; the first layer is split so no [B, L, D, F] tensor is built.
+        # correction of that channel; its first layer is applied term by term (per channel, per clip,
+        # per frame) and broadcast, so the [B, L, D, features] input is never materialised.
         w_in = self.head_in.weight                                                         # [W, F + K]
-        distance_b = (b_bd - a_bd).norm(dim=1) / (0.5 * (a_bd.norm(dim=1) + b_bd.norm(dim=1))).clamp_min(1e-6)
+        mean_norm_b = (0.5 * (a_bd.norm(dim=1) + b_bd.norm(dim=1))).clamp_min(1e-6)
+        distance_b = (b_bd - a_bd).norm(dim=1) / mean_norm_b
         cosine_b = F.cosine_similarity(a_bd, b_bd, dim=1)
-        per_channel = a_bd.unsqueeze(-1) * w_in[:, 0] + b_bd.unsqueeze(-1) * w_in[:, 1]  # [B, D, W]
-        per_clip = distance_b.unsqueeze(-1) * w_in[:, 2] + cosine_b.unsqueeze(-1) * w_in[:, 3]          # [B, W]
+        per_channel = a_bd.unsqueeze(-1) * w_in[:, 0] + b_bd.unsqueeze(-1) * w_in[:, 1]      # [B, D, W]
+        per_clip = distance_b.unsqueeze(-1) * w_in[:, 2] + cosine_b.unsqueeze(-1) * w_in[:, 3]  # [B, W]
         per_frame = (t_l.view(1, -1, 1) * w_in[:, 4] + envelope_l.view(1, -1, 1) * w_in[:, 5]
-                     + context_blk @ w_in[:, CHANNEL_FEATURES:].T + per_clip.unsqueeze(1) + self.head_in.bias)  # [B, L, W]
+                     + context_blk @ w_in[:, CHANNEL_FEATURES:].T
+                     + per_clip.unsqueeze(1) + self.head_in.bias)                               # [B, L, W]
         x = F.gelu(per_channel.unsqueeze(1) + per_frame.unsqueeze(2))                    # [B, L, D, W]
         x = F.gelu(self.head_hidden(x))
         delta_bld = self.head_out(x).squeeze(-1) * envelope_l.view(1, -1, 1) * scale     # [B, L, D]
