@@ -2,7 +2,9 @@
 """Train the demo Semantic Motion Predictor: ``.venv/bin/python scripts/train_smp.py [options]``.
 
 Encoder: EfficientNet-lite0 global features (frozen; the offline stand-in for CLIP, see
-nodes/story/motion_encoder.py). Data: the Kenney walk cycles in the arcade wheel (CC0). The
+nodes/story/motion_encoder.py), or with ``--clip-vision FILE`` a CLIP vision model loaded by
+ComfyUI, whose ``image_embeds`` are what Semantic Motion Predict reads from a CLIP_VISION input
+(so the predictor fits that encoder and a matching IP-Adapter). Data: the Kenney walk cycles in the arcade wheel (CC0). The
 characters given by ``--holdout`` are never trained on; the script reports, on them, the cosine
 similarity and MSE of the predicted in-between embeddings against the true ones, for the SMP and for
 plain linear interpolation, and writes the weights (float16, ``smp.*`` keys) with the metrics and the
@@ -46,11 +48,32 @@ def parse(argv):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clip-vision", type=pathlib.Path,
+                   help="encode with this ComfyUI CLIP vision file (image_embeds) instead of the EfficientNet-lite0 "
+                        "stand-in, so the predictor fits that encoder (needs ComfyUI: .comfyui/ or COMFYUI_DIR)")
     p.add_argument("--cache", type=pathlib.Path, help="reuse/store the encoded frames here (.safetensors)")
     p.add_argument("--metrics", type=pathlib.Path, help="also write the metrics JSON here")
     p.add_argument("--evaluate", action="store_true",
                    help="do not train: evaluate the weights in --out on the same data (per clip length too)")
     return p.parse_args(argv)
+
+
+def image_encoder(clip_vision_path):
+    """A frozen ``encode(IMAGE) -> [B, D]``: the EfficientNet-lite0 stand-in, or a ComfyUI CLIP vision
+    model's ``image_embeds`` (what Semantic Motion Predict reads from a CLIP_VISION input)."""
+    if clip_vision_path is None:
+        stand_in = pack_module("nodes.story.motion_encoder").StandInImageEncoder.pretrained()
+        return lambda image: stand_in(image, crop=False)
+    from comfy_server import comfyui_dir
+    if str(comfyui_dir()) not in sys.path:
+        sys.path.append(str(comfyui_dir()))
+    from comfy.cli_args import args as comfy_args
+    comfy_args.cpu = not torch.cuda.is_available()      # must precede comfy.model_management's import
+    import comfy.clip_vision
+    model = comfy.clip_vision.load(str(clip_vision_path))
+    if model is None:
+        sys.exit(f"{clip_vision_path} is not a CLIP vision model ComfyUI recognises")
+    return lambda image: model.encode_image(image, crop=False)["image_embeds"].float().cpu()
 
 
 def encoded_frames(args, smp_train, characters, train_characters):
@@ -60,12 +83,12 @@ def encoded_frames(args, smp_train, characters, train_characters):
     only; evaluation renderings (original colours, other backgrounds/offsets) of every character."""
     from safetensors.torch import load_file
     key = (f"{','.join(characters)}|{','.join(train_characters)}|{args.train_variants}|{args.recoloured_variants}|"
-           f"{args.eval_variants}|{args.seed}")
+           f"{args.eval_variants}|{args.seed}|{args.clip_vision or 'stand-in'}")
     if args.cache and args.cache.is_file():
         cached = load_file(str(args.cache))
         if bytes(cached["key"].tolist()).decode() == key:
             return {"train": cached["train"], "eval": cached["eval"]}
-    encoder = pack_module("nodes.story.motion_encoder").StandInImageEncoder.pretrained()
+    encoder = image_encoder(args.clip_vision)
     generator = torch.Generator().manual_seed(args.seed)
     plan = {"train": (train_characters, smp_train.random_variants(args.train_variants, generator)
                       + smp_train.random_variants(args.recoloured_variants, generator, recolour=True)),
@@ -75,7 +98,7 @@ def encoded_frames(args, smp_train, characters, train_characters):
         frames = smp_train.render_cycles(names, variants)
         started = time.time()
         out[split] = smp_train.encode_cycles(
-            lambda x: encoder(x, crop=False), frames,
+            encoder, frames,
             progress=lambda done, total: print(f"\r[encode {split}] {done}/{total} "
                                                f"({time.time() - started:.0f}s)", end="", file=sys.stderr))
         print(file=sys.stderr)
@@ -139,8 +162,9 @@ def main(argv=None):
     }
     metadata = {
         "format": "boundless-smp",
-        "encoder": encoder_module.ENCODER_NAME,
-        "encoder_preprocess": "IMAGE stretched to 224x224 (crop=False), ImageNet mean/std",
+        "encoder": (encoder_module.ENCODER_NAME if args.clip_vision is None
+                    else f"ComfyUI CLIP vision {args.clip_vision.name} (image_embeds)"),
+        "encoder_preprocess": "IMAGE stretched to the encoder's square input (crop=False)",
         "data": smp_train.DATA_SOURCE,
         "objective": "in-between frame embeddings from endpoint embeddings (frozen encoder, no denoiser)",
         "config": json.dumps(dataclasses.asdict(config)),

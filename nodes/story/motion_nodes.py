@@ -114,7 +114,7 @@ class SMPLoader(io.ComfyNode):
             raise BoundlessError(
                 f"the predictor works on {d}-wide image embeddings but the cross-attention weights expect "
                 f"{conditioner.config.embed_dim}-wide ones: both must come from the same image encoder (e.g. CLIP "
-                "ViT-H gives 1024). Train a predictor for that encoder with scripts/train_smp.py.")
+                "ViT-H gives 1024). Train a predictor for that encoder with scripts/train_smp.py --clip-vision <file>.")
         return io.NodeOutput(MotionModels(comfy_glue.managed(predictor),
                                           None if conditioner is None else comfy_glue.managed(conditioner),
                                           d, smp_name))
@@ -195,7 +195,7 @@ class SemanticMotionPredict(io.ComfyNode):
             raise BoundlessError(
                 f"the image encoder gives {keyframes_nd.shape[1]}-wide embeddings but the predictor {smp.name} was "
                 f"trained on {smp.embed_dim}-wide ones: connect the encoder it was trained with (its file's metadata "
-                "names it), or train a predictor for this encoder with scripts/train_smp.py")
+                "names it), or train a predictor for this encoder with scripts/train_smp.py --clip-vision <its file>")
         if mode == MODES[0]:
             predictor: SemanticMotionPredictor = comfy_glue.load_for_use(smp.predictor)
             device = next(predictor.parameters()).device
