@@ -18,8 +18,8 @@ from train_vqgan import package_dir
 
 VQGAN = ROOT / "models" / "vqgan" / "boundless_demo_f16.safetensors"
 OUT = ROOT / "models" / "infinity" / "boundless_demo_panorama.safetensors"
-DEFAULTS = ["--dim", "192", "--depth", "4", "--heads", "6", "--patch", "16", "16", "--extents", "1", "1", "0",
-            "--canvas", "3", "2", "--batch", "4", "--lr", "5e-4", "--steps", "100000", "--minutes", "25",
+DEFAULTS = ["--dim", "128", "--depth", "4", "--heads", "4", "--patch", "16", "16", "--extents", "1", "1", "0",
+            "--canvas", "2", "2", "--batch", "2", "--lr", "6e-4", "--steps", "100000", "--minutes", "30",
             "--save-every", "50", "--threads", "2"]
 
 
