@@ -115,8 +115,9 @@ class ComfyServer:
         r.raise_for_status()
         return r.json()["name"]
 
-    def queue(self, graph: dict) -> str:
-        r = requests.post(f"{self.url}/prompt", json={"prompt": graph, "client_id": uuid.uuid4().hex}, timeout=60)
+    def queue(self, graph: dict, client_id: str | None = None) -> str:
+        r = requests.post(f"{self.url}/prompt", json={"prompt": graph, "client_id": client_id or uuid.uuid4().hex},
+                          timeout=60)
         body = r.json()
         if r.status_code != 200:
             raise PromptError(f"prompt rejected: {json.dumps(body)[:2000]}", body)
@@ -137,6 +138,35 @@ class ComfyServer:
                                       f"{data.get('exception_type')}: {data.get('exception_message')}", entry)
             time.sleep(0.3)
         raise TimeoutError(f"prompt {prompt_id} not finished after {timeout}s")
+
+    def queue_and_interrupt(self, graph: dict, after_progress: int = 1, timeout: float = 300.0) -> str:
+        """Queue a graph and interrupt it once its progress bar reports ``after_progress``.
+
+        Listens on the websocket (progress events go to the client that queued the prompt), so the
+        interrupt lands inside the running node however fast or slow this machine is.
+        """
+        import asyncio
+
+        import aiohttp
+
+        client_id = uuid.uuid4().hex
+
+        async def watch() -> str:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}") as ws:
+                    prompt_id = self.queue(graph, client_id)
+                    async for message in ws:
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        event = json.loads(message.data)
+                        data = event.get("data", {})
+                        if (event.get("type") == "progress" and data.get("prompt_id") == prompt_id
+                                and data.get("value", 0) >= after_progress):
+                            requests.post(f"{self.url}/interrupt", json={"prompt_id": prompt_id}, timeout=10)
+                            return prompt_id
+            raise RuntimeError("websocket closed before the prompt reported progress")
+
+        return asyncio.run(asyncio.wait_for(watch(), timeout))
 
     def run(self, graph: dict, timeout: float = 600.0) -> dict:
         """Queue an API-format graph, wait, and return ``{node_id: outputs}`` (raises PromptError)."""

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import pathlib
-import threading
-import time
 
 import pytest
-import requests
 import torch
 
 from comfy_server import PromptError
@@ -110,28 +107,14 @@ def test_bad_input_errors(comfy):
 
 def test_interrupted_generation_is_saved_and_resumes_to_the_same_canvas(comfy):
     """Interrupt a long generation, load the autosaved state, resume: same tokens as one full run."""
-    cols, rows, seed = 48, 4, 9
+    cols, rows, seed = 96, 4, 9
     states = pathlib.Path(comfy.run_dir) / "output" / "infinity_states"
     before = set(states.glob("interrupted_*.safetensors")) if states.exists() else set()
     graph = {**loaders(), "g": generate(cols, rows, seed, preview=False),
-             "t": {"class_type": "BoundlessNCPStateToTokens", "inputs": {"state": ["g", 0], "frame": 0}},
              "d": to_image(["g", 0]), "p": preview(["d", 0])}
-    prompt_id = comfy.queue(graph)
-
-    def interrupt_when_running():
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            queue = requests.get(f"{comfy.url}/queue", timeout=10).json()
-            if queue["queue_running"]:
-                time.sleep(1.5)
-                requests.post(f"{comfy.url}/interrupt", json={}, timeout=10)
-                return
-            time.sleep(0.1)
-    thread = threading.Thread(target=interrupt_when_running)
-    thread.start()
+    prompt_id = comfy.queue_and_interrupt(graph, after_progress=40)   # 40 of 1536 tokens
     with pytest.raises(PromptError):
         comfy.wait(prompt_id, timeout=600)
-    thread.join()
     saved = sorted(set(states.glob("interrupted_*.safetensors")) - before)
     assert len(saved) == 1, "the interrupted state was not saved"
     resume = {**loaders(),
