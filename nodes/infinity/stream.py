@@ -73,6 +73,7 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
     small_h = max(1, round(height * small_w / patch_px[1]))
     small = torch.zeros(small_h, cols * small_w, 3)
     tiles: queue.Queue = queue.Queue(maxsize=2)
+    finished = threading.Event()
     failure: list[BaseException] = []
 
     def pending():
@@ -86,8 +87,11 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
                              bigtiff=height * width * 3 > 2**31)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             failure.append(exc)
-            while tiles.get() is not None:   # drain so the producer never blocks
-                pass
+            while not finished.is_set():     # keep draining so the producer never blocks on put
+                try:
+                    tiles.get(timeout=0.05)
+                except queue.Empty:
+                    pass
 
     next_col = [0]
 
@@ -105,18 +109,23 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
         emit_ready()
         progress(done, total, lambda: small[None].clone())
 
+    def finish(writer_thread: threading.Thread) -> None:
+        """End the tile stream (a short stream makes the TIFF writer fail, which is then ignored by
+        the caller on the error path) and wait for the writer thread."""
+        tiles.put(None)
+        finished.set()
+        writer_thread.join()
+
     thread = threading.Thread(target=writer, name="boundless-tiff-writer", daemon=True)
     thread.start()
     try:
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, progress=on_patch)
         emit_ready()
     except BaseException:
-        tiles.put(None)
-        thread.join()
+        finish(thread)
         pathlib.Path(path).unlink(missing_ok=True)
         raise
-    tiles.put(None)
-    thread.join()
+    finish(thread)
     if failure:
         pathlib.Path(path).unlink(missing_ok=True)
         raise BoundlessError(f"could not write {path}: {failure[0]}") from failure[0]
