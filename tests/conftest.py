@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import pathlib
+import sys
 
 import pytest
 
@@ -19,6 +20,21 @@ def fixture_dir(system: str) -> pathlib.Path:
     if not (path / "manifest.json").is_file():
         pytest.skip(f"conformance fixtures not found at {path} (shared/ lives beside the repo in CI)")
     return path
+
+
+def import_comfy_in_process():
+    """Make ComfyUI importable in this test process, forced to CPU before comfy.model_management
+    loads (skip when there is no ComfyUI). Returns ``comfy.sample``."""
+    root = comfyui_dir()
+    if not (root / "comfy" / "model_management.py").is_file():
+        pytest.skip(f"no ComfyUI at {root}: run scripts/setup (or set COMFYUI_DIR)")
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    from comfy.cli_args import args
+    args.cpu = True
+    import comfy.model_management  # noqa: F401
+    import comfy.sample
+    return comfy.sample
 
 
 def write_test_models(models_root: pathlib.Path) -> None:

@@ -2,7 +2,6 @@
 patch during sampling of the tiny SD1.5-shaped UNet, Semantic Motion Predict and Save Video."""
 from __future__ import annotations
 
-import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 import smp_tiny
-from comfy_server import comfyui_dir
+from conftest import import_comfy_in_process
 from packpath import pack_module
 from test_story_comfy import SD15, SDXL, meta_unet
 
@@ -19,15 +18,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def env():
-    root = comfyui_dir()
-    if not (root / "comfy" / "model_management.py").is_file():
-        pytest.skip(f"no ComfyUI at {root}: run scripts/setup (or set COMFYUI_DIR)")
-    if str(root) not in sys.path:
-        sys.path.append(str(root))
-    from comfy.cli_args import args
-    args.cpu = True
-    import comfy.model_management  # noqa: F401
-    import comfy.sample
+    sample = import_comfy_in_process()
     testing = pack_module("nodes.story.testing")
     nodes = pack_module("nodes.story.motion_nodes")
     glue = pack_module("nodes.common.comfy_glue")
@@ -36,7 +27,7 @@ def env():
     clip = testing.tiny_clip(0)
     cond = clip.encode_from_tokens(clip.tokenize("a robot walking"), return_dict=True)
     uncond = clip.encode_from_tokens(clip.tokenize(""), return_dict=True)
-    return {"sample": comfy.sample, "nodes": nodes, "model": testing.tiny_model(0), "smp": smp,
+    return {"sample": sample, "nodes": nodes, "model": testing.tiny_model(0), "smp": smp,
             "positive": [[cond.pop("cond"), cond]], "negative": [[uncond.pop("cond"), uncond]]}
 
 

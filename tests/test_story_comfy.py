@@ -2,12 +2,11 @@
 random-weight SD1.5-shaped UNet with ComfyUI's samplers, errors users can hit."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
 
-from comfy_server import comfyui_dir
+from conftest import import_comfy_in_process
 from packpath import pack_module
 
 STORY_CHARACTERS = "[Ann] a woman with a red hat\n[Ben] a man with a blue coat"
@@ -20,18 +19,10 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def comfy_env():
     """ComfyUI importable in this process, forced to CPU before comfy.model_management loads."""
-    root = comfyui_dir()
-    if not (root / "comfy" / "model_management.py").is_file():
-        pytest.skip(f"no ComfyUI at {root}: run scripts/setup (or set COMFYUI_DIR)")
-    if str(root) not in sys.path:
-        sys.path.append(str(root))
-    from comfy.cli_args import args
-    args.cpu = True
-    import comfy.model_management  # noqa: F401
-    import comfy.sample
+    sample = import_comfy_in_process()
     testing = pack_module("nodes.story.testing")
     nodes = pack_module("nodes.story.nodes")
-    return {"sample": comfy.sample, "testing": testing, "nodes": nodes,
+    return {"sample": sample, "testing": testing, "nodes": nodes,
             "model": testing.tiny_model(0), "clip": testing.tiny_clip(0)}
 
 
