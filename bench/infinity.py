@@ -92,19 +92,6 @@ def compare(cases: dict, rounds: int, work: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    report = {}
-    for name, (model, cols, rows, order, extents, _) in cases.items():
-        run = stats[name]
-        report[name] = {"patches": cols * rows, "canvas": f"{cols}x{rows}", "order": order,
-                        "extents": list(extents.as_tuple()), "ms_per_patch": round(1000 * best[name], 3),
-                        "peak_pool_patches": run.peak_pool, "peak_pool_bytes": run.peak_pool_bytes,
-                        "max_context_patches": run.max_context}
-        if hasattr(run, "cuda_peak"):
-            report[name]["cuda_peak_bytes"] = run.cuda_peak
-    return report
-
-
-def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--depth", type=int, default=2)
