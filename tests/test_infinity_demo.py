@@ -10,7 +10,7 @@ import tempfile
 import pytest
 import torch
 
-from packpath import ROOT, pack_module
+from packpath import pack_module
 from train_infinity_demo import OUT as DEMO_MODEL, VQGAN as DEMO_VQGAN, prepare_images
 
 pytestmark = pytest.mark.skipif(not DEMO_MODEL.is_file(), reason="demo model not trained yet")

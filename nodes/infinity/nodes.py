@@ -25,7 +25,7 @@ from .adc import ORDERS
 from .checkpoint import load_infinity
 from .config import Extents
 from .render import PatchPreview, decode_state, require_tokenizer
-from .sampler import DEFAULT_MAX_POOL_BYTES, outpaint, run
+from .sampler import DEFAULT_MAX_POOL_BYTES, run
 from .state import CanvasState, empty_state, plan_fill, plan_outpaint, state_from_tokens
 from .stream import stream_canvas
 

@@ -1,7 +1,6 @@
 """ComfyUI nodes for the taming VQGAN tokenizer: load, IMAGE -> TOKENS, TOKENS -> IMAGE."""
 from __future__ import annotations
 
-import os
 
 from comfy_api.latest import io
 
