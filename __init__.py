@@ -24,11 +24,6 @@ else:
         for name in NODE_MODULES:
             try:
                 module = importlib.import_module(f".nodes.{name}", __name__)
-            except ModuleNotFoundError as exc:
-                if exc.name == f"{__name__}.nodes.{name}":
-                    continue   # not written yet
-                logging.exception("[Boundless] could not import the %s nodes", name)
-                continue
             except Exception:  # noqa: BLE001 - keep the other systems usable
                 logging.exception("[Boundless] could not import the %s nodes", name)
                 continue
