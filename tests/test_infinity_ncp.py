@@ -15,7 +15,7 @@ geometry = pack_module("nodes.infinity.geometry")
 errors = pack_module("nodes.common.errors")
 
 Extents, Region = config.Extents, geometry.Region
-DUMMY = ncp_mod.PatchCache(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
+DUMMY = ncp_mod.PatchCache(torch.zeros(1, 1, 1, 1))
 
 
 def brute_window(region, extents, wrap, pos):

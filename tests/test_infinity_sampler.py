@@ -99,7 +99,7 @@ def test_state_file_round_trip(tmp_path):
     assert loaded.model_fingerprint == model.fingerprint()
     assert loaded.ncp.region == state.ncp.region and loaded.ncp.positions() == state.ncp.positions()
     for (pos, cache), (_, original) in zip(loaded.ncp.items(), state.ncp.items()):
-        assert torch.equal(cache.keys, original.keys) and torch.equal(cache.values, original.values)
+        assert torch.equal(cache.hidden, original.hidden)
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
     with pytest.raises(errors.BoundlessError, match="not a readable"):
         state_mod.CanvasState.load(str(tmp_path / "bad.safetensors"))

@@ -8,6 +8,7 @@ import torch
 
 from comfy_server import PromptError
 from infinity_tiny import TINY_NAME, TINY_TEXT_NAME
+from vq_tiny import GUIDE_TINY_NAME
 from vq_tiny import TINY_NAME as VQ_TINY
 
 pytestmark = pytest.mark.server
@@ -142,3 +143,55 @@ def test_stream_canvas_writes_a_tiled_tiff(comfy):
         assert tif.pages[0].tilewidth == PATCH_PX
     assert "s" in outputs and "1280x64 px" in outputs["s"]["text"][0]
     assert comfy.images(outputs, "p")[0].size == (40 * PATCH_PX, 2 * PATCH_PX)
+
+
+def animation_graph(e_f=1, guide=True, first_frame=True, frames=2):
+    """The walk frame (128 px = 4x4 tiny patches) animated by `frames` more frames, decoded as frames."""
+    graph = {**loaders(),
+             "i": {"class_type": "LoadImage", "inputs": {"image": "smp_robot_walk0.png"}},
+             "e": {"class_type": "BoundlessVQGANEncode", "inputs": {"vqgan": ["v", 0], "image": ["i", 0],
+                                                                    "size_policy": "error", "tile_size": 0,
+                                                                    "tile_margin": 64}},
+             "s": {"class_type": "BoundlessNCPStateFromTokens", "inputs": {"model": ["m", 0], "tokens": ["e", 0],
+                                                                           "e_w": 1, "e_h": 1, "e_f": e_f,
+                                                                           "wrap": False}},
+             "o": {"class_type": "BoundlessInfinityOutpaintStep", "inputs": {"model": ["m", 0], "state": ["s", 0],
+                                                                            "direction": "next frames",
+                                                                            "patches": frames, **sampling(2)}},
+             "f": {"class_type": "BoundlessNCPStateToFrames", "inputs": {"state": ["o", 0], "vqgan": ["v", 0]}},
+             "p": preview(["f", 0])}
+    if guide:
+        graph["g"] = {"class_type": "BoundlessPixelGuideLoader", "inputs": {"guide_name": GUIDE_TINY_NAME}}
+        graph["f"]["inputs"]["pixel_guide"] = ["g", 0]
+    if first_frame:
+        graph["f"]["inputs"]["first_frame"] = ["i", 0]
+    return graph
+
+
+def all_pixels(comfy, outputs, node="p"):
+    import numpy as np
+    return [torch.from_numpy(np.array(im.convert("RGB"))).float() for im in comfy.images(outputs, node)]
+
+
+def test_image_animation_frames_and_pixel_guided_decode(comfy):
+    """Next frames on the frame axis: 1 + 2 frames come out; with the guide and first_frame, frame 0 is
+    the input image exactly and the later frames differ from plain per-frame decoding."""
+    import numpy as np
+    from PIL import Image
+    source = torch.from_numpy(np.array(Image.open(pathlib.Path(__file__).parents[1] / "workflows" / "inputs"
+                                                  / "smp_robot_walk0.png").convert("RGB"))).float()
+    guided = all_pixels(comfy, comfy.run(animation_graph()))
+    plain = all_pixels(comfy, comfy.run(animation_graph(guide=False, first_frame=False)))
+    assert len(guided) == len(plain) == 3
+    assert all(tuple(f.shape) == (128, 128, 3) for f in guided + plain)
+    assert (guided[0] - source).abs().max() <= 1        # the input itself (8-bit save rounding aside)
+    assert (plain[0] - source).abs().max() > 8          # a VQGAN reconstruction, not the input
+    assert not torch.equal(guided[1], plain[1])
+    assert not torch.equal(plain[1], plain[2])          # new frames were generated, not copied
+
+
+def test_animation_errors_reach_the_user(comfy):
+    with pytest.raises(PromptError, match="e_f >= 1"):
+        comfy.run(animation_graph(e_f=0))
+    with pytest.raises(PromptError, match="only used by pixel-guided decoding"):
+        comfy.run(animation_graph(guide=False, first_frame=True))

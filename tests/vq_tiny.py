@@ -1,4 +1,5 @@
-"""Small VQGAN files for the server tests: a random-weight taming layout, and two bad files."""
+"""Small VQGAN files for the server tests: a random-weight taming layout, two bad files, and a
+pixel guide for the tiny VQGAN (random fusion weights, so guided and plain decoding differ)."""
 from __future__ import annotations
 
 import pathlib
@@ -11,6 +12,7 @@ from packpath import pack_module
 TINY_NAME = "vq_tiny.safetensors"
 CORRUPT_NAME = "corrupt_vqgan.safetensors"
 WRONG_KIND_NAME = "not_a_vqgan.safetensors"
+GUIDE_TINY_NAME = "guide_tiny.safetensors"
 
 
 def tiny_vqgan(seed: int = 0):
@@ -28,3 +30,11 @@ def write_test_models(models_root: pathlib.Path) -> None:
     (folder / CORRUPT_NAME).write_bytes(b"\x00\x01 this is not a safetensors file" * 10)
     save_file({"blocks.0.attn.mat_qkv.weight": torch.zeros(8, 4), "word_embed.weight": torch.zeros(4, 4)},
               str(folder / WRONG_KIND_NAME))
+    guided = pack_module("nodes.vq.guided")
+    guide = guided.PixelGuide.for_vqgan(tiny_vqgan(), width=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for conv in guide.fuse:
+            torch.nn.init.normal_(conv.weight, std=0.02)
+    (models_root / "pixel_guide").mkdir(parents=True, exist_ok=True)
+    guided.save_guide(guide, str(models_root / "pixel_guide" / GUIDE_TINY_NAME))

@@ -18,7 +18,7 @@ import folder_paths
 from .progress import Preview
 
 # ComfyUI models/<kind> folders the pack reads weights from.
-MODEL_FOLDERS = ("vqgan", "paella", "var", "infinity", "story")
+MODEL_FOLDERS = ("vqgan", "pixel_guide", "paella", "var", "infinity", "story")
 PACK_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
 
 

@@ -6,3 +6,4 @@ from comfy_api.latest import io
 
 Tokens = io.Custom("BOUNDLESS_TOKENS")          # common.tokens.Tokens
 VQGANModel = io.Custom("BOUNDLESS_VQGAN")        # ModelPatcher around vq.vqgan.VQGAN
+PixelGuide = io.Custom("BOUNDLESS_PIXEL_GUIDE")  # ModelPatcher around vq.guided.PixelGuide

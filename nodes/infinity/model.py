@@ -4,13 +4,17 @@ A patch of ``T = patch_h * patch_w`` tokens is one sequence of ``T + 1`` positio
 start vector followed by the patch's tokens in raster order; position ``s`` predicts token ``s``.
 In every layer the self-attention keys/values are ``[context patches ‖ own causal prefix]``:
 
-* the context part is the cached keys/values of that same layer of the selected NCP patches
-  (``ncp.PatchCache``), each shifted by a learned relative-position vector of its offset
-  (``rel_k``/``rel_v``, one row per window cell, see ``adc.relative_index``);
+* the context part is projected by this layer's key/value weights from the cached hidden states
+  of the same layer of the selected NCP patches (``ncp.PatchCache``), each shifted by a learned
+  relative-position vector of its offset (``rel_k``/``rel_v``, one row per window cell, see
+  ``adc.relative_index``);
 * the own part gets the table's centre row, so the current patch is position (0, 0, 0).
 
-A finished patch's cache is the raw (unshifted) keys/values of positions 1..T, i.e. one entry per
-token, so every token, the last included, is visible to later patches. Optional text
+A finished patch's cache is each layer's normalised input at positions 1..T, i.e. one entry per
+token, so every token, the last included, is visible to later patches. Projecting context states
+with the current weights (rather than caching projected keys/values) is what lets training teach
+the key/value projections what a patch should expose to its neighbours: the states are detached,
+the projections are not. Optional text
 cross-attention follows the self-attention in each block. Attention is PyTorch SDPA.
 """
 from __future__ import annotations
@@ -53,17 +57,19 @@ class SelfAttention(nn.Module):
         self.rel_v = nn.Parameter(torch.zeros(cells, cfg.dim))   # [cells, dim] added to values
 
     def project(self, x_bsd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries (split), raw keys and raw values ``[B, S, dim]`` (what the NCP caches)."""
+        """Queries (split), raw keys and raw values ``[B, S, dim]``."""
         q, k, v = self.qkv(x_bsd).chunk(3, dim=-1)
         return split_heads(q, self.heads), k, v
 
-    def context(self, keys_bnd: torch.Tensor, values_bnd: torch.Tensor, rel_n: torch.Tensor) -> LayerKV:
-        """Cached context keys/values shifted by their relative-position rows, split into heads."""
-        return (split_heads(keys_bnd + self.rel_k[rel_n], self.heads),
-                split_heads(values_bnd + self.rel_v[rel_n], self.heads))
+    def context(self, hidden_bnd: torch.Tensor, rel_n: torch.Tensor) -> LayerKV:
+        """Keys/values of cached context states, shifted by their relative-position rows, split into heads."""
+        dim = hidden_bnd.shape[-1]
+        keys, values = F.linear(hidden_bnd, self.qkv.weight[dim:], self.qkv.bias[dim:]).chunk(2, dim=-1)
+        return (split_heads(keys + self.rel_k[rel_n], self.heads),
+                split_heads(values + self.rel_v[rel_n], self.heads))
 
-    def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int):
-        """Teacher-forced pass over a whole prefix; returns (output, raw keys, raw values)."""
+    def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int) -> torch.Tensor:
+        """Teacher-forced pass over a whole (normalised) prefix."""
         q, k, v = self.project(x_bsd)
         k_own = split_heads(k + self.rel_k[center], self.heads)
         v_own = split_heads(v + self.rel_v[center], self.heads)
@@ -76,7 +82,7 @@ class SelfAttention(nn.Module):
             mask[:, n:] = torch.ones(s, s, dtype=torch.bool, device=x_bsd.device).tril()
             out = F.scaled_dot_product_attention(q, torch.cat([ctx_k, k_own], 2), torch.cat([ctx_v, v_own], 2),
                                                  attn_mask=mask)
-        return self.proj(merge_heads(out)), k, v
+        return self.proj(merge_heads(out))
 
 
 class CrossAttention(nn.Module):
@@ -122,11 +128,12 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV]):
-        out, k, v = self.attn(self.norm1(x_bsd), context, center)
-        x_bsd = x_bsd + out
+        """Returns the block output and the attention's normalised input (the NCP cache entry)."""
+        h_bsd = self.norm1(x_bsd)
+        x_bsd = x_bsd + self.attn(h_bsd, context, center)
         if text is not None:
             x_bsd = x_bsd + self.cross(self.norm_text(x_bsd), text)
-        return x_bsd + self.mlp(self.norm2(x_bsd)), k, v
+        return x_bsd + self.mlp(self.norm2(x_bsd)), h_bsd
 
 
 class InfinityTransformer(nn.Module):
@@ -191,11 +198,10 @@ class InfinityTransformer(nn.Module):
         trained = self.config.trained_extents
         t = self.config.tokens_per_patch
         device = self.pos_emb.device
-        keys = torch.cat([item.cache.keys for item in context], dim=2).to(device, self.pos_emb.dtype)
-        values = torch.cat([item.cache.values for item in context], dim=2).to(device, self.pos_emb.dtype)
+        hidden = torch.cat([item.cache.hidden for item in context], dim=2).to(device, self.pos_emb.dtype)
         rel_n = torch.tensor([relative_index(item.offset, trained) for item in context],
                              device=device).repeat_interleave(t)                     # [N*T]
-        return [block.attn.context(keys[layer], values[layer], rel_n) for layer, block in enumerate(self.blocks)]
+        return [block.attn.context(hidden[layer], rel_n) for layer, block in enumerate(self.blocks)]
 
     def prepare_text(self, text_bld: Optional[torch.Tensor], batch: int) -> list[Optional[LayerKV]]:
         """Per-layer text keys/values, or Nones for a model without a text branch."""
@@ -235,13 +241,12 @@ class InfinityTransformer(nn.Module):
         texts = self.prepare_text(text, tokens_bs.shape[0])
         center = center_index(self.config.trained_extents)
         x = self.embed(tokens_bs, order)
-        keys, values = [], []
+        hidden = []
         for block, ctx, txt in zip(self.blocks, contexts, texts):
-            x, k, v = block(x, ctx, center, txt)
-            keys.append(k[:, 1:])
-            values.append(v[:, 1:])
+            x, h = block(x, ctx, center, txt)
+            hidden.append(h[:, 1:])
         logits = self.head(self.norm(x[:, :t]))
-        return logits, PatchCache(torch.stack(keys), torch.stack(values))
+        return logits, PatchCache(torch.stack(hidden))
 
 
 class PatchDecoder:
@@ -275,8 +280,7 @@ class PatchDecoder:
                 v_buf[:, :, :self.n_ctx] = ctx[1]
             self.k_buf.append(k_buf)
             self.v_buf.append(v_buf)
-        self.raw_k = torch.empty(cfg.depth, batch, self.t + 1, cfg.dim, dtype=dtype, device=device)
-        self.raw_v = torch.empty_like(self.raw_k)
+        self.hidden = torch.empty(cfg.depth, batch, self.t + 1, cfg.dim, dtype=dtype, device=device)
         # The current patch's own keys/values get the centre row of the relative table.
         self.shift_k = [block.attn.rel_k[self.center].detach() for block in model.blocks]
         self.shift_v = [block.attn.rel_v[self.center].detach() for block in model.blocks]
@@ -303,9 +307,9 @@ class PatchDecoder:
         last_layer = len(model.blocks) - 1
         for layer, (block, txt) in enumerate(zip(model.blocks, self.texts)):
             attn = block.attn
-            q, k, v = attn.project(block.norm1(x))                                 # k, v [B, 1, dim]
-            self.raw_k[layer, :, s] = k[:, 0]
-            self.raw_v[layer, :, s] = v[:, 0]
+            h = block.norm1(x)
+            self.hidden[layer, :, s] = h[:, 0]
+            q, k, v = attn.project(h)                                              # k, v [B, 1, dim]
             self.k_buf[layer][:, :, end - 1] = (k[:, 0] + self.shift_k[layer]).view(slot)
             self.v_buf[layer][:, :, end - 1] = (v[:, 0] + self.shift_v[layer]).view(slot)
             if s == self.t and layer == last_layer:
@@ -323,4 +327,4 @@ class PatchDecoder:
     def cache(self) -> PatchCache:
         if self.fed != self.t + 1:
             raise BoundlessError("PatchDecoder.cache(): the patch is not finished yet")
-        return PatchCache(self.raw_k[:, :, 1:].clone(), self.raw_v[:, :, 1:].clone())
+        return PatchCache(self.hidden[:, :, 1:].clone())

@@ -1,6 +1,6 @@
 """Nearby Context Pool (NCP): the per-layer caches of finished patches that later patches attend to.
 
-When a patch is finished (generated, or pre-cached from known tokens) the keys and values of its
+When a patch is finished (generated, or pre-cached from known tokens) the hidden states of its
 tokens in every layer are stored here (``add``). The next patch attends to the caches of the
 already-finished patches inside its window (``select``), and after each patch every cache that no
 later patch of the order can select is dropped (``remove``). The work per patch therefore depends on
@@ -27,20 +27,23 @@ Offset = tuple[int, int, int]  # (dw, dh, df) of a context patch relative to the
 
 @dataclasses.dataclass(frozen=True)
 class PatchCache:
-    """Keys and values of one finished patch in every layer (detached, heads merged).
+    """Hidden states of one finished patch in every layer (detached): what each layer's attention
+    reads, i.e. its normalised input, from which the current patch projects context keys/values.
 
-    keys, values: ``[depth, B, T, dim]``; entry ``t`` belongs to the patch's token ``t`` (raster order).
+    hidden: ``[depth, B, T, dim]``; entry ``t`` belongs to the patch's token ``t`` (raster order).
+    Caching states rather than projected keys/values halves the memory, and in training it lets the
+    key/value projections learn from how later patches use a patch as context (the states are
+    detached, the projections applied to them are not).
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
+    hidden: torch.Tensor
 
     @property
     def nbytes(self) -> int:
-        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+        return self.hidden.numel() * self.hidden.element_size()
 
     def to(self, device=None, dtype=None) -> "PatchCache":
-        return PatchCache(self.keys.to(device=device, dtype=dtype), self.values.to(device=device, dtype=dtype))
+        return PatchCache(self.hidden.to(device=device, dtype=dtype))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,11 +17,13 @@ import folder_paths
 
 from ..common import comfy_glue, sockets
 from ..common.errors import BoundlessError
+from ..common.images import image_to_model, model_to_image
 from ..common.tokens import Tokens, fingerprint
 from ..vq.loader import KIND as VQGAN_KIND
+from ..vq.guided import decode_frames
 from ..vq.nodes import tile_inputs
 from ..vq.tiling import check_fits, decode_tiled
-from .adc import ORDERS
+from .adc import FUTURE, ORDERS
 from .checkpoint import load_infinity
 from .config import Extents
 from .render import PatchPreview, decode_state, require_tokenizer
@@ -34,7 +36,7 @@ NCPState = io.Custom("BOUNDLESS_NCP_STATE")
 STATE_FOLDER = "infinity_states"
 DIRECTIONS = {"right": [("right",)], "left": [("left",)], "down": [("down",)], "up": [("up",)],
               "left+right": [("left",), ("right",)], "up+down": [("up",), ("down",)],
-              "all sides": [("left",), ("right",), ("up",), ("down",)]}
+              "all sides": [("left",), ("right",), ("up",), ("down",)], "next frames": [(FUTURE,)]}
 
 
 def _extent_inputs():
@@ -124,6 +126,9 @@ class NCPStateEmpty(io.ComfyNode):
             inputs=[InfinityModel.Input("model", tooltip="The Infinity model that will fill the canvas."),
                     io.Int.Input("cols", default=4, min=1, max=4096, tooltip="Canvas width in patches."),
                     io.Int.Input("rows", default=1, min=1, max=4096, tooltip="Canvas height in patches."),
+                    io.Int.Input("frames", default=1, min=1, max=4096,
+                                 tooltip="Video frames (1 for an image). Frames are generated in time order; "
+                                         "set e_f >= 1 so each frame sees the previous one."),
                     io.Int.Input("batch", default=1, min=1, max=64, tooltip="Canvases generated side by side."),
                     *_extent_inputs(),
                     io.Boolean.Input("wrap", default=False, tooltip="360° panorama: the right edge conditions "
@@ -131,8 +136,8 @@ class NCPStateEmpty(io.ComfyNode):
             outputs=[NCPState.Output(display_name="state")])
 
     @classmethod
-    def execute(cls, model, cols, rows, batch, e_w, e_h, e_f, wrap) -> io.NodeOutput:
-        return io.NodeOutput(empty_state(model.model, cols, rows, 1, batch, Extents(e_w, e_h, e_f), wrap))
+    def execute(cls, model, cols, rows, frames, batch, e_w, e_h, e_f, wrap) -> io.NodeOutput:
+        return io.NodeOutput(empty_state(model.model, cols, rows, frames, batch, Extents(e_w, e_h, e_f), wrap))
 
 
 class NCPStateFromTokens(io.ComfyNode):
@@ -205,10 +210,12 @@ class InfinityOutpaintStep(io.ComfyNode):
             inputs=[InfinityModel.Input("model", tooltip="The model the state was made with."),
                     NCPState.Input("state", tooltip="Canvas to extend (left unchanged: a new state is output)."),
                     io.Combo.Input("direction", options=[*DIRECTIONS, "fill"], default="right",
-                                   tooltip="Where to add patches. 'fill' only generates the canvas's unknown "
-                                           "patches (e.g. a blank NCP State)."),
+                                   tooltip="Where to add patches. 'next frames' animates: it adds frames after "
+                                           "the last one (needs a video model and e_f >= 1). 'fill' only "
+                                           "generates the canvas's unknown patches (e.g. a blank NCP State)."),
                     io.Int.Input("patches", default=2, min=1, max=4096,
-                                 tooltip="How many patch columns/rows to add on each chosen side."),
+                                 tooltip="How many patch columns/rows to add on each chosen side "
+                                         "(for 'next frames': how many frames)."),
                     *_sampling_inputs()],
             outputs=[NCPState.Output(display_name="state")])
 
@@ -216,6 +223,9 @@ class InfinityOutpaintStep(io.ComfyNode):
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
                 preview_vqgan=None) -> io.NodeOutput:
         state.require_model(model.model)
+        if direction == "next frames" and state.extents.f < 1:
+            raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
+                                 "previous one); set e_f on the NCP State node, with a model trained on video")
         if direction == "fill":
             planned = plan_fill(state, "right" if state.grid[2] >= state.grid[1] else "down")
         else:
@@ -287,6 +297,56 @@ class NCPStateToImage(io.ComfyNode):
                              decode=lambda idx: decode_tiled(model, idx, tile_size, tile_margin),
                              progress=comfy_glue.progress_reporter(1))
         return io.NodeOutput(image.to(comfy_glue.output_device()))
+
+
+class NCPStateToFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessNCPStateToFrames", display_name="NCP State → Frames", category="Boundless/infinity",
+            description="Decode every frame of a video canvas to an image batch (frames in time order; with a "
+                        "batch of videos, all frames of the first, then the second, ...). With a pixel guide each "
+                        "frame is decoded with the previous output frame as a guide (PG-VQGAN), which steadies "
+                        "details that the tokens leave open.",
+            inputs=[NCPState.Input("state", tooltip="A finished video canvas state."),
+                    sockets.VQGANModel.Input("vqgan", tooltip="The VQGAN the Infinity model was trained with."),
+                    sockets.PixelGuide.Input("pixel_guide", optional=True,
+                                             tooltip="Optional: the VQGAN's pixel guide (Pixel Guide Loader). "
+                                                     "Without it every frame is decoded on its own."),
+                    io.Image.Input("first_frame", optional=True,
+                                   tooltip="Optional: the image that was animated. Output frame 0 is then this "
+                                           "image exactly, and it guides frame 1 (needs a pixel guide).")],
+            outputs=[io.Image.Output(display_name="frames")])
+
+    @classmethod
+    def execute(cls, state: CanvasState, vqgan, pixel_guide=None, first_frame=None) -> io.NodeOutput:
+        tokens_bfhw = state.tokens
+        if bool((tokens_bfhw < 0).any()):
+            raise BoundlessError("the video still has patches that were never generated; run an Outpaint Step "
+                                 "(or Infinity Resume) first")
+        if pixel_guide is None:
+            model = comfy_glue.load_for_use(vqgan)
+            guide = None
+        else:
+            model, guide = comfy_glue.load_together(vqgan, pixel_guide)
+        require_tokenizer(state, fingerprint(VQGAN_KIND, model.quantize.embedding.weight), model.factor)
+        batch, frames, h, w = tokens_bfhw.shape
+        check_fits(model.config, batch, h * model.factor, w * model.factor, comfy_glue.free_memory(), 0, 0)
+        device = comfy_glue.compute_device()
+        first_bchw = None
+        if first_frame is not None:
+            if guide is None:
+                raise BoundlessError("'first_frame' is only used by pixel-guided decoding; connect a pixel guide "
+                                     "or disconnect first_frame")
+            if tuple(first_frame.shape[1:3]) != (h * model.factor, w * model.factor):
+                raise BoundlessError(f"first_frame is {first_frame.shape[2]}x{first_frame.shape[1]} px but the video "
+                                     f"is {w * model.factor}x{h * model.factor}; connect the image that was "
+                                     "encoded into the state")
+            first_bchw = image_to_model(first_frame[:1]).expand(batch, -1, -1, -1).to(device)
+        pixels_fbchw = decode_frames(model, tokens_bfhw.transpose(0, 1).to(device), guide, first_bchw,
+                                     progress=comfy_glue.progress_reporter(frames))
+        pixels_nchw = pixels_fbchw.transpose(0, 1).flatten(0, 1).float().cpu()
+        return io.NodeOutput(model_to_image(pixels_nchw).to(comfy_glue.output_device()))
 
 
 class SaveNCPState(io.ComfyNode):
@@ -362,4 +422,5 @@ class InfinityStreamCanvas(io.ComfyNode):
 
 
 NODES = [InfinityModelLoader, NCPStateEmpty, NCPStateFromTokens, InfinityGenerateCanvas, InfinityOutpaintStep,
-         InfinityResume, NCPStateToTokens, NCPStateToImage, SaveNCPState, LoadNCPState, InfinityStreamCanvas]
+         InfinityResume, NCPStateToTokens, NCPStateToImage, NCPStateToFrames, SaveNCPState, LoadNCPState,
+         InfinityStreamCanvas]

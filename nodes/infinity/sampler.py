@@ -181,7 +181,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         if step.generate:
             write_patch(state.tokens, step.pos, tokens_bt.cpu(), cfg.patch_h, cfg.patch_w)
             state.done[step.pos] = True
-        state.ncp.add(step.pos, PatchCache(cache.keys.detach(), cache.values.detach()))
+        state.ncp.add(step.pos, PatchCache(cache.hidden.detach()))
         stats.peak_pool_bytes = max(stats.peak_pool_bytes, state.ncp.nbytes)
         state.step += 1
         state.ncp.remove(local, last_uses[phase_index])

@@ -23,7 +23,7 @@ from .model import InfinityTransformer
 from .ncp import NearbyContextPool, PatchCache
 
 STATE_KIND = "boundless.infinity.state"
-STATE_VERSION = 1
+STATE_VERSION = 2   # 2: the NCP caches hidden states (1 cached projected keys/values)
 # Largest canvas (tokens per batch item, all frames) a state may hold: 2^24 tokens is e.g.
 # 65,536 × 4,096 px with a 16-pixel-per-token VQGAN (128 MiB of int64 indices per image).
 MAX_CANVAS_TOKENS = 1 << 24
@@ -120,8 +120,7 @@ class CanvasState:
         if self.ncp is not None:
             for index, (pos, cache) in enumerate(self.ncp.items()):
                 positions.append(pos)
-                tensors[f"ncp.{index}.keys"] = cache.keys.cpu().contiguous()
-                tensors[f"ncp.{index}.values"] = cache.values.cpu().contiguous()
+                tensors[f"ncp.{index}.hidden"] = cache.hidden.cpu().contiguous()
         tensors["ncp.positions"] = torch.tensor(positions, dtype=torch.int64).reshape(len(positions), 3)
         header = {"version": STATE_VERSION, "patch": [self.patch_h, self.patch_w],
                   "extents": list(self.extents.as_tuple()), "wrap": self.wrap, "model": self.model_fingerprint,
@@ -160,7 +159,7 @@ class CanvasState:
             phase = state.current_phase()
             state.ncp = NearbyContextPool(phase.region, state.extents, state.wrap)
             for index, pos in enumerate(tensors["ncp.positions"].tolist()):
-                state.ncp.add(tuple(pos), PatchCache(tensors[f"ncp.{index}.keys"], tensors[f"ncp.{index}.values"]))
+                state.ncp.add(tuple(pos), PatchCache(tensors[f"ncp.{index}.hidden"]))
         return state
 
     def current_phase(self) -> Phase:

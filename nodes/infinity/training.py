@@ -51,7 +51,7 @@ def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: E
                                    label_smoothing=label_smoothing)
             if backward:
                 (loss / len(sequence)).backward()
-        pool.add(pos, PatchCache(cache.keys.detach(), cache.values.detach()))
+        pool.add(pos, PatchCache(cache.hidden.detach()))
         pool.remove(step, last_uses)
         total += float(loss.detach())
     return total / len(sequence)
@@ -102,3 +102,24 @@ class CanvasSampler:
             crops.append(grid[..., y:y + self.height, x:x + self.width])
         text = None if self.texts is None else self.texts[picks]
         return torch.stack(crops), self.rng.choice(self.orders), text
+
+
+def heldout_nll(model: nn.Module, canvases_nfhw: torch.Tensor, extents: Extents, order: str = "down",
+                batch: int = 16) -> float:
+    """Mean per-token cross-entropy (nats) of whole canvases under ``model``, without training it.
+
+    Comparing ``extents`` that differ in one axis (e.g. e_f = 1 vs 0 on video) measures how much
+    the model actually uses that part of its Nearby Context Pool.
+    """
+    cfg = model.config
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, canvases_nfhw.shape[0], batch):
+            chunk = canvases_nfhw[start:start + batch]
+            total += chain_loss(model, chunk, order, extents, patch_h=cfg.patch_h, patch_w=cfg.patch_w,
+                                backward=False) * chunk.shape[0]
+            count += chunk.shape[0]
+    model.train(was_training)
+    return total / count

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..common import comfy_glue, sockets
 from ..common.images import image_to_model, model_to_image
 from ..common.tokens import Tokens, fingerprint
+from .guided import load_guide
 from .loader import KIND, load_vqgan
 from .tiling import SIZE_POLICIES, check_fits, decode_tiled, encode_tiled, fit_to_factor
 
@@ -93,4 +94,21 @@ class VQGANDecode(io.ComfyNode):
         return io.NodeOutput(model_to_image(x_bchw))
 
 
-NODES = [VQGANLoader, VQGANEncode, VQGANDecode]
+class PixelGuideLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessPixelGuideLoader", display_name="Pixel Guide Loader (PG-VQGAN)", category="Boundless/vq",
+            description="Load the pixel guide of a VQGAN from models/pixel_guide: with it, video frames are "
+                        "decoded with the previous frame's pixels as a guide (less flicker).",
+            inputs=[io.Combo.Input("guide_name", options=comfy_glue.model_files("pixel_guide"),
+                                   tooltip="Guide file in models/pixel_guide, trained for your VQGAN (the pack "
+                                           "ships boundless_demo_f16_guide.safetensors for the demo VQGAN).")],
+            outputs=[sockets.PixelGuide.Output(display_name="pixel_guide")])
+
+    @classmethod
+    def execute(cls, guide_name) -> io.NodeOutput:
+        return io.NodeOutput(comfy_glue.managed(load_guide(comfy_glue.model_path("pixel_guide", guide_name))))
+
+
+NODES = [VQGANLoader, VQGANEncode, VQGANDecode, PixelGuideLoader]
