@@ -17,7 +17,7 @@ import tempfile
 
 from PIL import Image
 
-from demo_frames import HELDOUT
+from demo_frames import BACKGROUNDS, HELDOUT
 from packpath import ROOT, pack_module
 
 
@@ -30,8 +30,8 @@ SPRITE_SHEETS, SHEET_COLS, SPRITE_SCALE = 3, 7, 2
 
 
 def sprite_sheets(folder: pathlib.Path) -> list[pathlib.Path]:
-    """The 13 frames of the Kenney characters (but the held-out ones), each on its own random flat
-    background and at twice their size (as the animation demo uses them), in 3 sheets."""
+    """The 13 frames of the Kenney characters (but the held-out ones), each on a flat background
+    of the demo palette and at twice their size (as the animation demo uses them), in 3 sheets."""
     root = package_dir("arcade") / "resources" / "assets" / "images" / "animated_characters"
     files = sorted(f for f in root.glob("*/*.png") if f.parent.name not in HELDOUT)
     w, h = (side * SPRITE_SCALE for side in Image.open(files[0]).size)
@@ -43,7 +43,7 @@ def sprite_sheets(folder: pathlib.Path) -> list[pathlib.Path]:
         rows = -(-len(chunk) // SHEET_COLS)
         sheet = Image.new("RGB", (w * SHEET_COLS, h * rows), (128, 128, 128))
         for k, file in enumerate(chunk):
-            cell = Image.new("RGBA", (w, h), tuple(rng.randrange(256) for _ in range(3)) + (255,))
+            cell = Image.new("RGBA", (w, h), rng.choice(BACKGROUNDS) + (255,))
             cell.alpha_composite(Image.open(file).convert("RGBA").resize((w, h), Image.BICUBIC))
             sheet.paste(cell.convert("RGB"), ((k % SHEET_COLS) * w, (k // SHEET_COLS) * h))
         paths.append(folder / f"kenney_sheet_{i}.png")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,6 +189,25 @@ def test_image_animation_frames_and_pixel_guided_decode(comfy):
     assert (plain[0] - source).abs().max() > 8          # a VQGAN reconstruction, not the input
     assert not torch.equal(guided[1], plain[1])
     assert not torch.equal(plain[1], plain[2])          # new frames were generated, not copied
+
+
+def test_animation_saved_as_gif_and_passed_on_as_comfy_video(comfy):
+    """Save Video writes the frames and hands them on as ComfyUI's VIDEO (read back by a core node)."""
+    import io as bytes_io
+    import imageio.v3 as iio
+    graph = animation_graph(frames=3)
+    del graph["p"]
+    graph["sv"] = {"class_type": "BoundlessSaveVideo",
+                   "inputs": {"images": ["f", 0], "filename_prefix": "Boundless/test_animation", "format": "gif",
+                              "fps": 6.0, "loop_count": 0, "pingpong": False, "quality": 90}}
+    graph["c"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["sv", 0]}}
+    graph["p"] = preview(["c", 0])
+    outputs = comfy.run(graph)
+    [info] = outputs["sv"]["images"]
+    gif = np.stack(list(iio.imiter(bytes_io.BytesIO(comfy.fetch(info)), extension=".gif")))
+    frames = all_pixels(comfy, outputs)
+    assert gif.shape[0] == len(frames) == 4 and gif.shape[1:3] == (128, 128)
+    assert all(tuple(f.shape) == (128, 128, 3) for f in frames)
 
 
 def test_animation_errors_reach_the_user(comfy):

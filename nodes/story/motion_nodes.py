@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from fractions import Fraction
 from typing import Optional
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.latest import InputImpl, Types, io, ui
 
 import folder_paths
 from comfy.ldm.modules.attention import optimized_attention
@@ -250,7 +251,8 @@ class SaveVideo(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="BoundlessSaveVideo", display_name="Save Video (Boundless)", category=CATEGORY,
-            description="Write an image batch as a video (mp4 H.264, animated webp or gif) into the output folder.",
+            description="Write an image batch as a video (mp4 H.264, animated webp or gif) into the output folder; "
+                        "also outputs it as ComfyUI's VIDEO for the core video nodes.",
             inputs=[
                 io.Image.Input("images", tooltip="The frames, in order."),
                 io.String.Input("filename_prefix", default="Boundless/story_video",
@@ -264,7 +266,7 @@ class SaveVideo(io.ComfyNode):
                                  tooltip="Play forwards then backwards (a seamless loop for transitions)."),
                 io.Int.Input("quality", default=90, min=1, max=100, tooltip="mp4 / webp quality (gif ignores it)."),
             ],
-            outputs=[], is_output_node=True)
+            outputs=[io.Video.Output(display_name="video")], is_output_node=True)
 
     @classmethod
     def execute(cls, images, filename_prefix, format, fps, loop_count, pingpong, quality) -> io.NodeOutput:
@@ -276,7 +278,10 @@ class SaveVideo(io.ComfyNode):
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
         file = f"{name}_{counter:05}_.{format}"
         video.write_video(frames, os.path.join(folder, file), fps, loop_count, quality)
-        return io.NodeOutput(ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))
+        components = Types.VideoComponents(images=torch.from_numpy(frames).float() / 255.0,
+                                           frame_rate=Fraction(fps).limit_denominator(1000))
+        return io.NodeOutput(InputImpl.VideoFromComponents(components),
+                             ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))
 
 
 NODES = [SMPLoader, SemanticMotionPredict, ApplyMotionConditioning, SaveVideo]
