@@ -27,6 +27,7 @@ def main(argv=None):
     p.add_argument("--variants", type=int, default=16, help="random renderings per training character")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop-tokens", type=int, default=8, help="train on crops of this many tokens per side")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -35,7 +36,7 @@ def main(argv=None):
     vqgan = vq_loader.load_vqgan(args.vqgan).float().eval()
     train = walk_cycles(training_characters(), args.variants, True, seed=1)
     held = walk_cycles(HELDOUT, 3, False, seed=2)
-    guide = guide_train.train_guide(vqgan, train, minutes=args.minutes, batch=args.batch,
+    guide = guide_train.train_guide(vqgan, train, minutes=args.minutes, batch=args.batch, crop_tokens=args.crop_tokens,
                                     log=lambda s: print(json.dumps(s), flush=True))
     report = {"heldout_characters": list(HELDOUT), "heldout_clips": int(held.shape[0]),
               "plain": guide_train.evaluate(vqgan, None, held),

@@ -47,9 +47,8 @@ def test_roundtrip_workflow_reconstructs_the_input(comfy):
     [out] = comfy.images(outputs, 5)
     src = Image.open(WORKFLOW_INPUTS / "boundless_shore.png").convert("RGB")
     assert out.size == src.size
-    # The workflow runs the demo tokenizer in 64-px tiles, the crop size it was trained on:
-    # measured 23.6 dB (one pass: 20.1 dB, see README).
-    assert psnr(np.asarray(out.convert("RGB")), np.asarray(src)) > 22.0
+    # One pass, as the original computes it: measured 27.0 dB with the shipped demo tokenizer.
+    assert psnr(np.asarray(out.convert("RGB")), np.asarray(src)) > 25.0
 
 
 def test_tiled_roundtrip_matches_single_pass(comfy):

@@ -36,9 +36,13 @@ def tokenize_clips(vqgan: VQGAN, clips_ntchw: torch.Tensor, batch: int = 16) -> 
 
 
 def train_guide(vqgan: VQGAN, clips_ntchw: torch.Tensor, *, minutes: float, steps: int = 100000, batch: int = 8,
-                lr: float = 1e-3, width: int = 16, seed: int = 0,
+                lr: float = 1e-3, width: int = 16, crop_tokens: int = 0, seed: int = 0,
                 log: Callable[[dict], None] = lambda stats: None) -> PixelGuide:
-    """A guide for ``vqgan`` fitted on cyclic clips ``[N, T, 3, H, W]`` (frame T-1 precedes frame 0)."""
+    """A guide for ``vqgan`` fitted on cyclic clips ``[N, T, 3, H, W]`` (frame T-1 precedes frame 0).
+
+    crop_tokens: train on random token-aligned crops of this many tokens per side (0 = whole
+    frames); the guide is convolutional, and crops make a step several times cheaper on a CPU.
+    """
     vqgan = vqgan.eval().requires_grad_(False)
     tokens_nthw, plain_ntchw = tokenize_clips(vqgan, clips_ntchw)
     guide = PixelGuide.for_vqgan(vqgan, width).train()
@@ -58,7 +62,16 @@ def train_guide(vqgan: VQGAN, clips_ntchw: torch.Tensor, *, minutes: float, step
             else:
                 guides.append(clips_ntchw[rng.randrange(n), rng.randrange(t)])
         target_bchw = torch.stack([clips_ntchw[i, f] for i, f in picks])
-        out_bchw = guide.decode(vqgan, torch.stack([tokens_nthw[i, f] for i, f in picks]), torch.stack(guides))
+        tokens_bhw = torch.stack([tokens_nthw[i, f] for i, f in picks])
+        guide_bchw = torch.stack(guides)
+        if crop_tokens and crop_tokens < min(tokens_bhw.shape[-2:]):
+            y = rng.randrange(tokens_bhw.shape[-2] - crop_tokens + 1)
+            x = rng.randrange(tokens_bhw.shape[-1] - crop_tokens + 1)
+            tokens_bhw = tokens_bhw[:, y:y + crop_tokens, x:x + crop_tokens]
+            f, side = vqgan.factor, crop_tokens * vqgan.factor
+            target_bchw = target_bchw[..., y * f:y * f + side, x * f:x * f + side]
+            guide_bchw = guide_bchw[..., y * f:y * f + side, x * f:x * f + side]
+        out_bchw = guide.decode(vqgan, tokens_bhw, guide_bchw)
         loss = (out_bchw - target_bchw).abs().mean() + F.mse_loss(out_bchw, target_bchw)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
