@@ -52,7 +52,6 @@ def main(argv):
     p.add_argument("--variants", type=int, default=16, help="random renderings per training character")
     p.add_argument("--clip", type=int, default=4, help="frames per training clip")
     ours, rest = p.parse_known_args(argv)
-    torch.set_num_threads(2)
     vq_loader = pack_module("nodes.vq.loader")
     tokens_mod, train, training = (pack_module(m) for m in ("nodes.common.tokens", "nodes.infinity.train",
                                                             "nodes.infinity.training"))

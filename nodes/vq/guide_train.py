@@ -23,16 +23,19 @@ GUIDE_TRUE_PREVIOUS, GUIDE_DECODED_PREVIOUS = 0.7, 0.9   # cumulative: else an u
 
 
 @torch.no_grad()
-def tokenize_clips(vqgan: VQGAN, clips_ntchw: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens ``[N, T, h, w]``, plain decodes ``[N, T, 3, H, W]``) of clips in [-1, 1]."""
+def encode_clips(vqgan: VQGAN, clips_ntchw: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Tokens ``[N, T, h, w]`` of clips ``[N, T, 3, H, W]`` in [-1, 1]."""
     flat = clips_ntchw.flatten(0, 1)
-    tokens, plain = [], []
-    for start in range(0, flat.shape[0], batch):
-        idx = vqgan.encode_indices(flat[start:start + batch])
-        tokens.append(idx)
-        plain.append(vqgan.decode_indices(idx).clamp(-1, 1))
-    n, t = clips_ntchw.shape[:2]
-    return torch.cat(tokens).unflatten(0, (n, t)), torch.cat(plain).unflatten(0, (n, t))
+    tokens = [vqgan.encode_indices(flat[start:start + batch]) for start in range(0, flat.shape[0], batch)]
+    return torch.cat(tokens).unflatten(0, clips_ntchw.shape[:2])
+
+
+@torch.no_grad()
+def decode_clips(vqgan: VQGAN, tokens_nthw: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Plain decodes ``[N, T, 3, H, W]`` (clamped to [-1, 1]) of token clips ``[N, T, h, w]``."""
+    flat = tokens_nthw.flatten(0, 1)
+    pixels = [vqgan.decode_indices(flat[start:start + batch]).clamp(-1, 1) for start in range(0, flat.shape[0], batch)]
+    return torch.cat(pixels).unflatten(0, tokens_nthw.shape[:2])
 
 
 def train_guide(vqgan: VQGAN, clips_ntchw: torch.Tensor, *, minutes: float, steps: int = 100000, batch: int = 8,
@@ -44,7 +47,8 @@ def train_guide(vqgan: VQGAN, clips_ntchw: torch.Tensor, *, minutes: float, step
     frames); the guide is convolutional, and crops make a step several times cheaper on a CPU.
     """
     vqgan = vqgan.eval().requires_grad_(False)
-    tokens_nthw, plain_ntchw = tokenize_clips(vqgan, clips_ntchw)
+    tokens_nthw = encode_clips(vqgan, clips_ntchw)
+    plain_ntchw = decode_clips(vqgan, tokens_nthw)
     guide = PixelGuide.for_vqgan(vqgan, width).train()
     optimizer = torch.optim.Adam(guide.parameters(), lr=lr)
     rng = random.Random(seed)
@@ -96,14 +100,9 @@ def evaluate(vqgan: VQGAN, guide: Optional[PixelGuide], clips_ntchw: torch.Tenso
     psnr: against the true frames 1..T-1. temporal_error: mean |(out_t - out_t-1) - (true_t - true_t-1)|,
     the change between frames that the true video does not have (flicker), in [-1, 1] units.
     """
-    tokens_nthw, _ = tokenize_clips(vqgan, clips_ntchw)
-    outs = []
-    for i in range(clips_ntchw.shape[0]):
-        frames = decode_frames(vqgan, tokens_nthw[i][:, None], guide, clips_ntchw[i, :1])[:, 0]
-        if guide is None:
-            frames[0] = clips_ntchw[i, 0]
-        outs.append(frames.clamp(-1, 1))
-    out_ntchw = torch.stack(outs)
+    tokens_nthw = encode_clips(vqgan, clips_ntchw)
+    out_ntchw = torch.stack([decode_frames(vqgan, tokens_nthw[i][:, None], guide, clips_ntchw[i, :1])[:, 0]
+                             for i in range(clips_ntchw.shape[0])]).clamp(-1, 1)
     motion_true = clips_ntchw[:, 1:] - clips_ntchw[:, :-1]
     motion_out = out_ntchw[:, 1:] - out_ntchw[:, :-1]
     return {"psnr_db": round(psnr(out_ntchw[:, 1:], clips_ntchw[:, 1:]), 3),

@@ -23,9 +23,13 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ..common.errors import BoundlessError
 from ..common.tokens import fingerprint
+from ..common.weights import strict_load
+from .loader import KIND as VQGAN_KIND
 from .vqgan import VQGAN
 
 KIND = "boundless.pixel_guide"
@@ -41,11 +45,10 @@ class PixelGuide(nn.Module):
 
     def __init__(self, level_widths: list[int], width: int = 16):
         super().__init__()
-        levels = len(level_widths)
-        scales = level_scales(levels)
-        self.depth = max(scales).bit_length()      # pyramid entries: scale 1, 2, 4, ... max
+        pyramid_levels = max(level_scales(len(level_widths))).bit_length()   # scales 1, 2, 4, ... max
         self.stem = nn.Conv2d(3, width, 3, padding=1)
-        self.down = nn.ModuleList(nn.Conv2d(width, width, 3, stride=2, padding=1) for _ in range(self.depth - 1))
+        self.down = nn.ModuleList(nn.Conv2d(width, width, 3, stride=2, padding=1)
+                                  for _ in range(pyramid_levels - 1))
         self.fuse = nn.ModuleList(nn.Conv2d(c + width, c, 3, padding=1) for c in level_widths)
         for conv in self.fuse:
             nn.init.zeros_(conv.weight)
@@ -86,7 +89,6 @@ class PixelGuide(nn.Module):
 
 
 def vqgan_fingerprint(vqgan: VQGAN) -> str:
-    from .loader import KIND as VQGAN_KIND
     return fingerprint(VQGAN_KIND, vqgan.quantize.embedding.weight)
 
 
@@ -95,9 +97,9 @@ def decode_frames(vqgan: VQGAN, indices_fbhw: torch.Tensor, guide: Optional[Pixe
                   progress: Callable[[int, int], None] = lambda done, total: None) -> torch.Tensor:
     """Decode a video's token frames ``[F, B, h, w]`` to pixels ``[F, B, 3, H, W]`` in [-1, 1].
 
-    Without a guide every frame is decoded on its own. With one, frame 0 is ``first_bchw`` when
-    given (e.g. the image being animated, reproduced exactly) or a plain decode, and every later
-    frame is decoded with the previous *output* frame as its guide.
+    Frame 0 is ``first_bchw`` when given (e.g. the image being animated, reproduced exactly), else
+    a plain decode. Without a guide every later frame is decoded on its own; with one, each is
+    decoded with the previous *output* frame as its guide.
     """
     if guide is not None and guide.tokenizer and guide.tokenizer != vqgan_fingerprint(vqgan):
         raise BoundlessError("this pixel guide was trained for a different VQGAN; load the guide that "
@@ -106,7 +108,7 @@ def decode_frames(vqgan: VQGAN, indices_fbhw: torch.Tensor, guide: Optional[Pixe
     total = indices_fbhw.shape[0]
     with torch.no_grad():
         for f in range(total):
-            if f == 0 and first_bchw is not None and guide is not None:
+            if f == 0 and first_bchw is not None:
                 out = first_bchw.to(vqgan.post_quant_conv.weight)
             elif guide is None or f == 0:
                 out = vqgan.decode_indices(indices_fbhw[f])
@@ -124,7 +126,6 @@ def guide_state_dict(guide: PixelGuide) -> tuple[dict[str, torch.Tensor], dict[s
 
 def load_guide(path: str) -> PixelGuide:
     """Read a guide checkpoint (safetensors written by ``guide_train``); widths come from shapes."""
-    from safetensors import SafetensorError, safe_open
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
@@ -138,14 +139,12 @@ def load_guide(path: str) -> PixelGuide:
     fuse = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in state.items()
                   if k.startswith("fuse.") and k.endswith(".weight"))
     guide = PixelGuide([c for _, c in fuse], width)
-    from ..common.weights import strict_load
     strict_load(guide, {k: v.float() for k, v in state.items()}, "pixel guide")
     guide.tokenizer = metadata.get("tokenizer", "")
     return guide.eval()
 
 
 def save_guide(guide: PixelGuide, path: str, extra: Optional[dict] = None) -> None:
-    from safetensors.torch import save_file
     state, metadata = guide_state_dict(guide)
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     save_file(state, path, metadata=metadata)
