@@ -33,12 +33,16 @@ DEFAULTS = ["--dim", "128", "--depth", "4", "--heads", "4", "--patch", "8", "8",
 
 
 def cycle_tokens(vqgan, characters, variants, recolour, seed):
-    """Token cycles ``[N, 8, 16, 16]`` (N = characters x variants) of the rendered walk cycles."""
+    """Token cycles ``[N, 8, 16, 16]`` (N = characters x variants) of the rendered walk cycles.
+
+    Frames are quantized with temporal hysteresis (nodes/vq/temporal.py). Each cycle is encoded
+    twice over and the second lap kept, so that its first frame is stabilised against its last
+    (the cycle loops) as every other frame is against the one before it.
+    """
+    temporal = pack_module("nodes.vq.temporal")
     pixels = walk_cycles(characters, variants, recolour, seed)
-    flat = pixels.flatten(0, 1)
-    with torch.no_grad():
-        tokens = torch.cat([vqgan.encode_indices(flat[i:i + 16]) for i in range(0, len(flat), 16)])
-    return tokens.unflatten(0, pixels.shape[:2])
+    laps = pixels.shape[1]
+    return torch.stack([temporal.encode_frames_stable(vqgan, torch.cat([cycle, cycle]))[laps:] for cycle in pixels])
 
 
 def clips(cycles_nfhw, length):
@@ -49,7 +53,7 @@ def clips(cycles_nfhw, length):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", type=int, default=16, help="random renderings per training character")
+    p.add_argument("--variants", type=int, default=40, help="random renderings per training character")
     p.add_argument("--clip", type=int, default=4, help="frames per training clip")
     ours, rest = p.parse_known_args(argv)
     vq_loader = pack_module("nodes.vq.loader")

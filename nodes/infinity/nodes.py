@@ -25,6 +25,7 @@ from ..vq.nodes import tile_inputs
 from ..vq.tiling import check_fits, decode_tiled
 from .adc import FUTURE, ORDERS
 from .checkpoint import load_infinity
+from .conditioning import text_condition
 from .config import Extents
 from .render import PatchPreview, decode_state, require_tokenizer
 from .sampler import DEFAULT_MAX_POOL_BYTES, run
@@ -56,10 +57,18 @@ def _sampling_inputs():
                          tooltip="Sample among the k most likely tokens; 0 = all tokens."),
             sockets.VQGANModel.Input("preview_vqgan", optional=True,
                                      tooltip="Optional: the VQGAN of the model, for a live preview of the "
-                                             "growing canvas in the progress bar.")]
+                                             "growing canvas in the progress bar."),
+            _text_input()]
 
 
-def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan) -> CanvasState:
+def _text_input():
+    return sockets.Text.Input("text", optional=True,
+                              tooltip="Prompt(s) from Encode Text / Regional Text, for a text-conditioned model "
+                                      "(required there; an empty prompt means no text). Leave it unconnected "
+                                      "for an unconditional model.")
+
+
+def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None) -> CanvasState:
     """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
 
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
@@ -73,10 +82,11 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
         require_tokenizer(state, fingerprint(VQGAN_KIND, vqgan.quantize.embedding.weight), vqgan.factor)
         painter = PatchPreview(vqgan, state)
         preview = painter.update
+    condition = text_condition(model, text)
     total = state.plan.n_generate * model.config.tokens_per_patch
     budget = min(DEFAULT_MAX_POOL_BYTES, comfy_glue.free_memory() // 2)
     try:
-        run(model, state, seed=seed, temperature=temperature, top_k=top_k, progress_unit="token",
+        run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=condition, progress_unit="token",
             progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget)
     except mm.InterruptProcessingException:
         path = _save_path("interrupted")
@@ -193,10 +203,10 @@ class InfinityGenerateCanvas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
-                temperature, top_k, preview_vqgan=None) -> io.NodeOutput:
+                temperature, top_k, preview_vqgan=None, text=None) -> io.NodeOutput:
         state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
                                       Extents(e_w, e_h, e_f), wrap), order)
-        return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan))
+        return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text))
 
 
 class InfinityOutpaintStep(io.ComfyNode):
@@ -221,7 +231,7 @@ class InfinityOutpaintStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
-                preview_vqgan=None) -> io.NodeOutput:
+                preview_vqgan=None, text=None) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "next frames" and state.extents.f < 1:
             raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
@@ -230,7 +240,7 @@ class InfinityOutpaintStep(io.ComfyNode):
             planned = plan_fill(state, "right" if state.grid[2] >= state.grid[1] else "down")
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
-        return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan))
+        return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text))
 
 
 class InfinityResume(io.ComfyNode):
@@ -246,9 +256,10 @@ class InfinityResume(io.ComfyNode):
             outputs=[NCPState.Output(display_name="state")])
 
     @classmethod
-    def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None) -> io.NodeOutput:
+    def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
+                text=None) -> io.NodeOutput:
         state.require_model(model.model)
-        return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan))
+        return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text))
 
 
 class NCPStateToTokens(io.ComfyNode):
@@ -400,20 +411,22 @@ class InfinityStreamCanvas(io.ComfyNode):
                     io.Int.Input("height_patches", default=2, min=1, max=64, tooltip="Canvas height in patches."),
                     *_extent_inputs(), *_sampling_inputs()[:3],
                     io.String.Input("filename_prefix", default="boundless/infinity_stream",
-                                    tooltip="Path under output/ (without extension) of the .tif file.")],
+                                    tooltip="Path under output/ (without extension) of the .tif file."),
+                    _text_input()],
             outputs=[NCPState.Output(display_name="state"), io.Image.Output(display_name="preview")])
 
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
-                filename_prefix) -> io.NodeOutput:
+                filename_prefix, text=None) -> io.NodeOutput:
         net, tokenizer = comfy_glue.load_together(model, vqgan)
+        condition = text_condition(net, text)
         if net.tokenizer and net.tokenizer != fingerprint(VQGAN_KIND, tokenizer.quantize.embedding.weight):
             raise BoundlessError("this VQGAN is not the one the Infinity model was trained with; connect that one")
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory())
         path = os.path.join(folder, f"{name}_{counter:05}.tif")
         result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,
-                               temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f),
+                               temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f), text=condition,
                                progress=comfy_glue.progress_reporter(width_patches * height_patches))
         logging.info("[Boundless] wrote %dx%d px canvas to %s", result.width, result.height, path)
         return io.NodeOutput(result.state, result.preview.to(comfy_glue.output_device()),

@@ -25,7 +25,7 @@ from ..common.images import model_to_image
 from ..common.progress import Preview, Progress, no_progress
 from .config import Extents
 from .model import InfinityTransformer
-from .sampler import run
+from .sampler import TextCondition, run
 from .state import CanvasState, empty_state, plan_fill
 
 
@@ -58,7 +58,8 @@ def decode_column(vqgan, state: CanvasState, col: int) -> np.ndarray:
 
 def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows: int, *, seed: int = 0,
                   temperature: float = 1.0, top_k: int = 0, extents: Optional[Extents] = None,
-                  progress: Progress = no_progress, preview_width: int = 2048) -> StreamResult:
+                  progress: Progress = no_progress, preview_width: int = 2048,
+                  text: TextCondition = None) -> StreamResult:
     """Generate a ``cols x rows``-patch canvas and write it to ``path`` (tiled TIFF) as it grows.
 
     The TIFF writer pulls tiles from a bounded queue in a worker thread while the sampler runs here;
@@ -119,7 +120,7 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
     thread = threading.Thread(target=writer, name="boundless-tiff-writer", daemon=True)
     thread.start()
     try:
-        run(model, state, seed=seed, temperature=temperature, top_k=top_k, progress=on_patch)
+        run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=text, progress=on_patch)
         emit_ready()
     except BaseException:
         finish(thread)

@@ -7,6 +7,12 @@ Every step draws random ``--canvas`` crops and one random ADC order and runs ``t
 (backward per patch, detached context caches, one all-reduce per chain under DDP), then one Adam
 step. Checkpoints are safetensors that ``checkpoint.load_infinity`` reads back.
 
+Text: with ``--text-encoder`` the model is text-conditioned. Each image's caption (``IMAGE.txt``
+next to it) is encoded once into token states ``[L, C]`` (padded to ``text.minilm.CONTEXT_TOKENS``
+word pieces, as at sampling time); ``--drop-text`` trains a share of the items on the empty caption,
+so that the empty prompt means "unconditional". ``--resume`` from an unconditional model adds a
+text branch that starts as a no-op (``checkpoint.add_text_branch``).
+
 Run: ``.venv/bin/python scripts/train_infinity.py --tokens t.safetensors --out m.safetensors``;
 multi-GPU: ``torchrun --nproc_per_node N scripts/train_infinity.py ...``.
 """
@@ -26,7 +32,7 @@ from PIL import Image
 from ..common.errors import BoundlessError
 from ..common.tokens import fingerprint
 from .adc import ORDERS
-from .checkpoint import load_infinity, save_infinity
+from .checkpoint import add_text_branch, load_infinity, save_infinity
 from .config import Extents, InfinityConfig
 from .model import InfinityTransformer
 from .training import CanvasSampler, chain_loss
@@ -35,16 +41,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def tokenize_folder(folder: pathlib.Path, vqgan_path: str, max_side: int, multiple: int,
-                    device: torch.device) -> tuple[list[torch.Tensor], str, int]:
-    """Token maps ``[1, h, w]`` of every image, resized so the long side is at most ``max_side`` and
-    centre-cropped to a multiple of ``multiple`` pixels (one patch)."""
+                    device: torch.device) -> tuple[list[torch.Tensor], list[pathlib.Path], str, int]:
+    """Token maps ``[1, h, w]`` of every image (and the image files they came from), resized so the
+    long side is at most ``max_side`` and centre-cropped to a multiple of ``multiple`` pixels (one patch)."""
     from ..vq.loader import KIND, load_vqgan
     vqgan = load_vqgan(vqgan_path).to(device)
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise BoundlessError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     step = multiple * vqgan.factor
-    grids = []
+    grids, used = [], []
     for path in files:
         image = Image.open(path).convert("RGB")
         scale = min(1.0, max_side / max(image.size))
@@ -58,7 +64,21 @@ def tokenize_folder(folder: pathlib.Path, vqgan_path: str, max_side: int, multip
         x_bchw = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device)
         with torch.no_grad():
             grids.append(vqgan.encode(x_bchw)[1].cpu())                   # [1, h, w]
-    return grids, fingerprint(KIND, vqgan.quantize.embedding.weight), vqgan.factor
+        used.append(path)
+    return grids, used, fingerprint(KIND, vqgan.quantize.embedding.weight), vqgan.factor
+
+
+def caption_states(files: list[pathlib.Path], encoder_path: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Text states ``[N, L, C]`` of each image's caption (the ``.txt`` file next to it), the states of
+    the empty caption ``[L, C]`` (for caption dropout), and the text encoder's identity."""
+    from ..text.minilm import default_path, load_text_encoder
+    encoder = load_text_encoder(default_path() if encoder_path == "minilm" else encoder_path)
+    missing = [str(f.with_suffix(".txt")) for f in files if not f.with_suffix(".txt").is_file()]
+    if missing:
+        raise BoundlessError(f"--text-encoder needs a caption next to every image; missing {', '.join(missing[:4])}"
+                             + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""))
+    captions = [f.with_suffix(".txt").read_text(encoding="utf-8").strip() for f in files]
+    return encoder.encode(captions).states, encoder.encode([""]).states[0], encoder.name
 
 
 def load_token_file(path: str) -> tuple[list[torch.Tensor], torch.Tensor | None, str, int]:
@@ -98,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--images", type=pathlib.Path, help="folder of images to tokenize with --vqgan")
     data.add_argument("--vqgan", help="VQGAN checkpoint used to tokenize --images")
     data.add_argument("--max-side", type=int, default=1024, help="downscale images so the long side fits")
+    data.add_argument("--text-encoder", help="train a text-conditioned model on captions (IMAGE.txt next to each "
+                                             "--images file), encoded by this BERT checkpoint ('minilm' = the "
+                                             "packaged all-MiniLM-L6-v2)")
+    data.add_argument("--drop-text", type=float, default=0.1,
+                      help="probability of training an item on the empty caption (so '' means unconditional)")
     p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
     p.add_argument("--resume", help="start from this checkpoint (its config wins over the size flags)")
     size = p.add_argument_group("model")
@@ -132,18 +157,24 @@ def main(argv=None) -> InfinityTransformer:
     torch.set_num_threads(args.threads)
     rank, world, device = distributed_setup()
     torch.manual_seed(args.seed + rank)
-    patch_h, patch_w = args.patch
+    resumed = load_infinity(args.resume) if args.resume else None
+    patch_h, patch_w = (resumed.config.patch_h, resumed.config.patch_w) if resumed else args.patch
+    null_text, text_encoder = None, ""
     if args.tokens:
         grids, texts, tokenizer, factor = load_token_file(args.tokens)
     elif args.images and args.vqgan:
-        grids, tokenizer, factor = tokenize_folder(args.images, args.vqgan, args.max_side, max(patch_h, patch_w),
-                                                   device)
+        grids, files, tokenizer, factor = tokenize_folder(args.images, args.vqgan, args.max_side,
+                                                          max(patch_h, patch_w), device)
         texts = None
+        if args.text_encoder:
+            texts, null_text, text_encoder = caption_states(files, args.text_encoder)
     else:
         raise BoundlessError("give training data: --tokens FILE, or --images DIR with --vqgan FILE")
 
-    if args.resume:
-        model = load_infinity(args.resume)
+    if resumed is not None:
+        model = resumed
+        if texts is not None and not model.config.text_dim:
+            model = add_text_branch(model, int(texts.shape[-1]))
     else:
         n_embed = args.n_embed or int(max(int(g.max()) for g in grids)) + 1
         cfg = InfinityConfig(n_embed=n_embed, dim=args.dim, depth=args.depth, heads=args.heads,
@@ -153,6 +184,7 @@ def main(argv=None) -> InfinityTransformer:
         model = InfinityTransformer(cfg)
     cfg = model.config
     model.tokenizer, model.factor = tokenizer or model.tokenizer, factor or model.factor
+    model.text_encoder = text_encoder or model.text_encoder
     model.to(device).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     no_sync = net.no_sync if world > 1 else None
@@ -162,6 +194,9 @@ def main(argv=None) -> InfinityTransformer:
     started = time.time()
     for step in range(1, args.steps + 1):
         canvas, order, text = sampler.batch(args.batch)
+        if text is not None and null_text is not None:
+            dropped_b = torch.rand(text.shape[0]) < args.drop_text
+            text = torch.where(dropped_b[:, None, None], null_text, text)
         optimizer.zero_grad(set_to_none=True)
         loss = chain_loss(net, canvas.to(device), order, cfg.trained_extents, patch_h=cfg.patch_h,
                           patch_w=cfg.patch_w, wrap=args.wrap, text=None if text is None else text.to(device),

