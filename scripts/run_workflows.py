@@ -14,7 +14,7 @@ import time
 
 from comfy_server import ROOT, ComfyServer
 
-DEMO_WORKFLOWS = ["infinity_panorama", "vqgan_roundtrip"]
+DEMO_WORKFLOWS = ["infinity_panorama", "infinity_text_panorama", "vqgan_roundtrip"]
 WORKFLOWS = ROOT / "workflows"
 
 

@@ -3,7 +3,9 @@
 
 Data: the CC0 Kenney walk cycles of the ``arcade`` wheel (8 frames per character), rendered at
 256x256 px on random backgrounds, sizes, offsets and recolourings (scripts/demo_frames.py) and
-tokenized with the demo VQGAN (16x16 tokens per frame). Training clips are ``--clip`` consecutive
+tokenized with the demo VQGAN (16x16 tokens per frame) with temporal hysteresis
+(nodes/vq/temporal.py: a code is kept from the previous frame when it is nearly as close, which
+stops flat backgrounds from flickering between near-duplicate codes). Training clips are ``--clip`` consecutive
 frames of a cycle (any start; the cycle loops). The model has 8x8-token patches (2x2 per frame) and
 extents (1, 1, 1): each patch sees its neighbours in its own frame and the 3x3 patches around it in
 the previous frame.

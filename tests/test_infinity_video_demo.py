@@ -19,6 +19,7 @@ training = pack_module("nodes.infinity.training")
 vq_loader = pack_module("nodes.vq.loader")
 guided = pack_module("nodes.vq.guided")
 guide_train = pack_module("nodes.vq.guide_train")
+temporal = pack_module("nodes.vq.temporal")
 fingerprint = pack_module("nodes.common.tokens").fingerprint
 
 
@@ -43,16 +44,15 @@ def test_walk_model_is_a_video_model_of_the_demo_vqgan(vqgan):
 
 
 def test_walk_model_uses_the_previous_frame_on_unseen_characters(vqgan, heldout_cycles):
-    """Held-out token cross-entropy is lower with the NCP's frame axis than without it. The margin is
-    tiny (measured 0.07-2 % on held-out renderings, see BENCHMARKS.md): the tiny demo model mostly
-    memorised its four training characters instead of learning to copy from the previous frame."""
+    """Held-out token cross-entropy is clearly lower with the NCP's frame axis than without it
+    (measured 4.71 vs 5.09 nats, -7.4 %; the previous demo model managed -0.9 % on this set). The
+    tokens are quantized with temporal hysteresis, as the model's training clips were."""
     model = checkpoint.load_infinity(str(WALK_MODEL))
-    with torch.no_grad():
-        tokens = torch.stack([vqgan.encode_indices(cycle) for cycle in heldout_cycles])    # [2, 8, 16, 16]
-    held = clips(tokens, 4)
+    tokens = torch.stack([temporal.encode_frames_stable(vqgan, torch.cat([c, c]))[8:] for c in heldout_cycles])
+    held = clips(tokens, 4)                                                               # [48, 4, 16, 16]
     with_frames = training.heldout_nll(model, held, config.Extents(1, 1, 1))
     without = training.heldout_nll(model, held, config.Extents(1, 1, 0))
-    assert with_frames < without, (with_frames, without)
+    assert with_frames < 0.95 * without, (with_frames, without)
 
 
 def test_pixel_guide_beats_plain_decoding_on_unseen_characters(vqgan, heldout_cycles):

@@ -105,11 +105,12 @@ class CanvasSampler:
 
 
 def heldout_nll(model: nn.Module, canvases_nfhw: torch.Tensor, extents: Extents, order: str = "down",
-                batch: int = 16) -> float:
+                batch: int = 16, text: Optional[torch.Tensor] = None) -> float:
     """Mean per-token cross-entropy (nats) of whole canvases under ``model``, without training it.
 
     Comparing ``extents`` that differ in one axis (e.g. e_f = 1 vs 0 on video) measures how much
-    the model actually uses that part of its Nearby Context Pool.
+    the model actually uses that part of its Nearby Context Pool; comparing texts ``[1, L, C]``
+    (one prompt for every canvas) measures how much a prompt explains the canvases.
     """
     cfg = model.config
     was_training = model.training
@@ -118,8 +119,9 @@ def heldout_nll(model: nn.Module, canvases_nfhw: torch.Tensor, extents: Extents,
     with torch.no_grad():
         for start in range(0, canvases_nfhw.shape[0], batch):
             chunk = canvases_nfhw[start:start + batch]
+            chunk_text = None if text is None else text.expand(chunk.shape[0], -1, -1)
             total += chain_loss(model, chunk, order, extents, patch_h=cfg.patch_h, patch_w=cfg.patch_w,
-                                backward=False) * chunk.shape[0]
+                                text=chunk_text, backward=False) * chunk.shape[0]
             count += chunk.shape[0]
     model.train(was_training)
     return total / count
