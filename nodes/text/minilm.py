@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..common.errors import BoundlessError
+from ..common.tokens import fingerprint
 from ..common.weights import load_state_dict, strict_load
 
 KIND = "bert.text_encoder"
@@ -277,7 +278,6 @@ class TextEncoder(nn.Module):
 def encoder_name(bert: BertModel) -> str:
     """A short identity of an encoder (architecture + hash of its word embeddings): models trained on
     one encoder's states refuse another's."""
-    from ..common.tokens import fingerprint
     return fingerprint(f"{KIND}:{bert.config.hidden}x{bert.config.layers}", bert.embeddings.word_embeddings.weight)
 
 
