@@ -1,9 +1,11 @@
 """NUWA-Infinity training: chain loss, overfitting one canvas, the command-line trainer."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from infinity_tiny import one_thread, tiny_model  # noqa: F401 (autouse fixture)
 from packpath import pack_module
@@ -91,6 +93,30 @@ def test_command_line_trainer_on_token_file(tmp_path):
     assert resumed.config == loaded.config
     with pytest.raises(errors.BoundlessError, match="training data"):
         train.main(["--out", out])
+
+
+def test_validation_keeps_the_best_checkpoint(tmp_path, capsys):
+    """--val-tokens: the output is the checkpoint with the lowest held-out cross-entropy seen."""
+    torch.manual_seed(3)
+    data, val = str(tmp_path / "train.safetensors"), str(tmp_path / "val.safetensors")
+    save_file({"tokens": torch.randint(0, 12, (4, 4, 4))}, data)
+    save_file({"tokens": torch.randint(0, 12, (3, 4, 4))}, val)
+    out = str(tmp_path / "model.safetensors")
+    common = ["--tokens", data, "--out", out, "--dim", "16", "--depth", "1", "--heads", "2", "--patch", "2", "2",
+              "--extents", "1", "1", "0", "--canvas", "2", "2", "--batch", "2", "--threads", "1", "--lr", "3e-2"]
+    train.main([*common, "--steps", "12", "--save-every", "3", "--val-tokens", val])
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "val_nll" in line]
+    assert [p["step"] for p in printed] == [3, 6, 9, 12]
+    best = min(printed, key=lambda p: p["val_nll"])
+    meta = checkpoint.read_metadata(out)
+    assert meta["steps"] == str(best["step"]) and float(meta["val_nll"]) == pytest.approx(best["val_nll"], abs=1e-4)
+    loaded = checkpoint.load_infinity(out)
+    again = training.heldout_nll(loaded, load_file(val)["tokens"][:, None], config.Extents(1, 1, 0), batch=2)
+    assert again == pytest.approx(best["val_nll"], abs=1e-3)
+
+    save_file({"tokens": torch.randint(0, 12, (2, 4, 5))}, val)
+    with pytest.raises(errors.BoundlessError, match="not whole 2×2-token patches"):
+        train.main([*common, "--steps", "1", "--val-tokens", val])
 
 
 def test_video_training_learns_to_use_the_previous_frame():

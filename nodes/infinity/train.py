@@ -5,7 +5,9 @@ FILE``), or precomputed tokens (``--tokens FILE.safetensors`` with ``tokens`` in
 or ``[N, F, h, w]``, optionally ``text`` float ``[N, L, C]`` and metadata ``tokenizer``/``factor``).
 Every step draws random ``--canvas`` crops and one random ADC order and runs ``training.chain_loss``
 (backward per patch, detached context caches, one all-reduce per chain under DDP), then one Adam
-step. Checkpoints are safetensors that ``checkpoint.load_infinity`` reads back.
+step. Checkpoints are safetensors that ``checkpoint.load_infinity`` reads back. With ``--val-tokens``
+the output keeps the step with the lowest held-out cross-entropy (early stopping: small demo models
+over-fit their few training pictures long before the loss stops falling).
 
 Text: with ``--text-encoder`` the model is text-conditioned. Each image's caption (``IMAGE.txt``
 next to it) is encoded once into token states ``[L, C]`` (padded to ``text.minilm.CONTEXT_TOKENS``
@@ -35,7 +37,7 @@ from .adc import ORDERS
 from .checkpoint import add_text_branch, load_infinity, save_infinity
 from .config import Extents, InfinityConfig
 from .model import InfinityTransformer
-from .training import CanvasSampler, chain_loss
+from .training import CanvasSampler, chain_loss, heldout_nll
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -95,6 +97,21 @@ def load_token_file(path: str) -> tuple[list[torch.Tensor], torch.Tensor | None,
     return list(tokens), tensors.get("text"), meta.get("tokenizer", ""), int(meta.get("factor", 0))
 
 
+def load_validation(path: str, cfg: InfinityConfig) -> torch.Tensor:
+    """Held-out canvases ``[N, F, h, w]`` for early stopping (whole maps, scanned like training chains)."""
+    if cfg.text_dim:
+        raise BoundlessError("--val-tokens measures models without text; drop it for a text-conditioned model")
+    grids, _, _, _ = load_token_file(path)
+    if len({tuple(g.shape) for g in grids}) != 1:
+        raise BoundlessError(f"{path}: validation token maps must all have one shape, got "
+                             f"{sorted({tuple(g.shape) for g in grids})}")
+    canvases = torch.stack(grids)
+    if canvases.shape[-2] % cfg.patch_h or canvases.shape[-1] % cfg.patch_w:
+        raise BoundlessError(f"{path}: validation maps of {tuple(canvases.shape[-2:])} tokens are not whole "
+                             f"{cfg.patch_h}×{cfg.patch_w}-token patches")
+    return canvases
+
+
 def distributed_setup() -> tuple[int, int, torch.device]:
     """(rank, world size, device); initialises torch.distributed when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -147,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=1000)
     run.add_argument("--minutes", type=float, default=0.0, help="also stop after this wall time (0 = no limit)")
     run.add_argument("--save-every", type=int, default=500)
+    run.add_argument("--val-tokens", help="held-out token file (as --tokens; maps of one shape, no text): early "
+                                          "stopping — every --save-every steps the held-out cross-entropy is "
+                                          "measured and --out keeps the checkpoint where it was lowest")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=2, help="CPU threads per process")
     return p
@@ -191,6 +211,8 @@ def main(argv=None) -> InfinityTransformer:
     sampler = CanvasSampler(grids, args.canvas[0], args.canvas[1], cfg.patch_h, cfg.patch_w,
                             args.orders.split(","), texts, seed=args.seed + rank, wrap=args.wrap)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
+    validation = load_validation(args.val_tokens, cfg).to(device) if args.val_tokens else None
+    best_val = float("inf")
     started = time.time()
     for step in range(1, args.steps + 1):
         canvas, order, text = sampler.batch(args.batch)
@@ -212,7 +234,15 @@ def main(argv=None) -> InfinityTransformer:
             print(json.dumps({"step": step, "loss": round(loss, 4), "order": order,
                               "min": round((time.time() - started) / 60, 2)}), flush=True)
         if rank == 0 and (step % args.save_every == 0 or last):
-            save_infinity(model.eval(), args.out, extra={"steps": str(step)})
+            if validation is None:
+                save_infinity(model.eval(), args.out, extra={"steps": str(step)})
+            else:
+                val_nll = heldout_nll(model, validation, cfg.trained_extents, batch=args.batch)
+                print(json.dumps({"step": step, "val_nll": round(val_nll, 4), "best": round(min(best_val, val_nll), 4)}),
+                      flush=True)
+                if val_nll < best_val:
+                    best_val = val_nll
+                    save_infinity(model.eval(), args.out, extra={"steps": str(step), "val_nll": f"{val_nll:.4f}"})
             model.train()
         if last:
             break
