@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
 from demo_frames import HELDOUT, walk_cycles  # noqa: E402
 from packpath import pack_module  # noqa: E402
-from train_infinity_video_demo import OUT as WALK_MODEL, VQGAN, clips  # noqa: E402
+from train_infinity_video_demo import OUT as WALK_MODEL, VQGAN, clips, stable_cycle_tokens  # noqa: E402
 from train_pixel_guide import OUT as GUIDE  # noqa: E402
 
 checkpoint = pack_module("nodes.infinity.checkpoint")
@@ -37,7 +37,6 @@ training = pack_module("nodes.infinity.training")
 vq_loader = pack_module("nodes.vq.loader")
 guided = pack_module("nodes.vq.guided")
 guide_train = pack_module("nodes.vq.guide_train")
-temporal = pack_module("nodes.vq.temporal")
 
 
 def animate(model, first_bhw: torch.Tensor, frames: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
@@ -59,8 +58,7 @@ def main():
     model = checkpoint.load_infinity(str(args.model))
     guide = guided.load_guide(str(GUIDE))
     cycles = walk_cycles(HELDOUT, args.variants, False, seed=11)                   # [N, 8, 3, 256, 256]
-    # Stable quantization, as the walk model's training data (nodes/vq/temporal.py).
-    tokens = torch.stack([temporal.encode_frames_stable(vqgan, torch.cat([c, c]))[8:] for c in cycles])  # [N, 8, 16, 16]
+    tokens = stable_cycle_tokens(vqgan, cycles)      # [N, 8, 16, 16], quantized as the walk model's training data
     held = clips(tokens, 4)
     with_frames = training.heldout_nll(model, held, config.Extents(1, 1, 1))
     without = training.heldout_nll(model, held, config.Extents(1, 1, 0))

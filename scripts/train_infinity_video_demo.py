@@ -34,17 +34,22 @@ DEFAULTS = ["--dim", "128", "--depth", "4", "--heads", "4", "--patch", "8", "8",
             "--save-every", "100", "--threads", "2"]
 
 
-def cycle_tokens(vqgan, characters, variants, recolour, seed):
-    """Token cycles ``[N, 8, 16, 16]`` (N = characters x variants) of the rendered walk cycles.
+def stable_cycle_tokens(vqgan, cycles_nf3hw):
+    """Token cycles ``[N, F, h, w]`` of looping pixel cycles ``[N, F, 3, H, W]`` in [-1, 1].
 
     Frames are quantized with temporal hysteresis (nodes/vq/temporal.py). Each cycle is encoded
     twice over and the second lap kept, so that its first frame is stabilised against its last
     (the cycle loops) as every other frame is against the one before it.
     """
     temporal = pack_module("nodes.vq.temporal")
-    pixels = walk_cycles(characters, variants, recolour, seed)
-    laps = pixels.shape[1]
-    return torch.stack([temporal.encode_frames_stable(vqgan, torch.cat([cycle, cycle]))[laps:] for cycle in pixels])
+    frames = cycles_nf3hw.shape[1]
+    return torch.stack([temporal.encode_frames_stable(vqgan, torch.cat([cycle, cycle]))[frames:]
+                        for cycle in cycles_nf3hw])
+
+
+def cycle_tokens(vqgan, characters, variants, recolour, seed):
+    """Token cycles ``[N, 8, 16, 16]`` (N = characters x variants) of the rendered walk cycles."""
+    return stable_cycle_tokens(vqgan, walk_cycles(characters, variants, recolour, seed))
 
 
 def clips(cycles_nfhw, length):

@@ -4,12 +4,11 @@ Both are measured on the held-out characters (never trained on by any demo model
 on fresh renderings rather than read from the numbers stored in the files.
 """
 import pytest
-import torch
 
 from demo_frames import HELDOUT, walk_cycles
 from infinity_tiny import one_thread  # noqa: F401 (autouse fixture)
 from packpath import pack_module
-from train_infinity_video_demo import OUT as WALK_MODEL, VQGAN as DEMO_VQGAN, clips
+from train_infinity_video_demo import OUT as WALK_MODEL, VQGAN as DEMO_VQGAN, clips, stable_cycle_tokens
 from train_pixel_guide import OUT as GUIDE
 
 pytestmark = pytest.mark.skipif(not (WALK_MODEL.is_file() and GUIDE.is_file()), reason="demo models not trained yet")
@@ -19,7 +18,6 @@ training = pack_module("nodes.infinity.training")
 vq_loader = pack_module("nodes.vq.loader")
 guided = pack_module("nodes.vq.guided")
 guide_train = pack_module("nodes.vq.guide_train")
-temporal = pack_module("nodes.vq.temporal")
 fingerprint = pack_module("nodes.common.tokens").fingerprint
 
 
@@ -48,7 +46,7 @@ def test_walk_model_uses_the_previous_frame_on_unseen_characters(vqgan, heldout_
     (measured 4.71 vs 5.09 nats, -7.4 %; the previous demo model managed -0.9 % on this set). The
     tokens are quantized with temporal hysteresis, as the model's training clips were."""
     model = checkpoint.load_infinity(str(WALK_MODEL))
-    tokens = torch.stack([temporal.encode_frames_stable(vqgan, torch.cat([c, c]))[8:] for c in heldout_cycles])
+    tokens = stable_cycle_tokens(vqgan, heldout_cycles)
     held = clips(tokens, 4)                                                               # [48, 4, 16, 16]
     with_frames = training.heldout_nll(model, held, config.Extents(1, 1, 1))
     without = training.heldout_nll(model, held, config.Extents(1, 1, 0))

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "--images file), encoded by this BERT checkpoint ('minilm' = the "
                                              "packaged all-MiniLM-L6-v2)")
     data.add_argument("--drop-text", type=float, default=0.1,
-                      help="probability of training an item on the empty caption (so '' means unconditional)")
+                      help="with --text-encoder: probability of training an item on the empty caption "
+                           "(so '' means unconditional)")
     p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
     p.add_argument("--resume", help="start from this checkpoint (its config wins over the size flags)")
     size = p.add_argument_group("model")

