@@ -10,6 +10,12 @@ frames of a cycle (any start; the cycle loops). The model has 8x8-token patches 
 extents (1, 1, 1): each patch sees its neighbours in its own frame and the 3x3 patches around it in
 the previous frame.
 
+With ``--frame-align`` (as the shipped model) each token position also receives the previous
+frame's state of the same position (nodes/infinity/model.py). Early stopping: every
+``--save-every`` steps the cross-entropy of new renderings of the *training* characters
+(``--val-variants``, other backgrounds, sizes and offsets) is measured and the output keeps the
+best step, so the held-out characters stay unseen by every choice made in training.
+
 The held-out characters (demo_frames.HELDOUT) are never trained on. Afterwards the script prints JSON with the
 held-out token cross-entropy with the frame axis of the NCP (e_f = 1) and without it (e_f = 0):
 the gap is what the model learned about motion from the previous frame. The report is stored in
@@ -22,7 +28,7 @@ import sys
 import tempfile
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from demo_frames import HELDOUT, training_characters, walk_cycles
 from packpath import ROOT, pack_module
@@ -62,13 +68,22 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", type=int, default=40, help="random renderings per training character")
     p.add_argument("--clip", type=int, default=4, help="frames per training clip")
+    p.add_argument("--val-variants", type=int, default=4,
+                   help="renderings per training character in the early-stopping set (0 = no early stopping)")
+    p.add_argument("--token-cache", type=pathlib.Path,
+                   help="keep the tokenized training clips in this file and reuse it (encoding takes minutes)")
     ours, rest = p.parse_known_args(argv)
     vq_loader = pack_module("nodes.vq.loader")
     tokens_mod, train, training = (pack_module(m) for m in ("nodes.common.tokens", "nodes.infinity.train",
                                                             "nodes.infinity.training"))
     checkpoint, config = pack_module("nodes.infinity.checkpoint"), pack_module("nodes.infinity.config")
     vqgan = vq_loader.load_vqgan(str(VQGAN)).float().eval()
-    train_clips = clips(cycle_tokens(vqgan, training_characters(), ours.variants, True, seed=1), ours.clip)
+    if ours.token_cache and ours.token_cache.is_file():
+        train_clips = load_file(str(ours.token_cache))["tokens"]
+    else:
+        train_clips = clips(cycle_tokens(vqgan, training_characters(), ours.variants, True, seed=1), ours.clip)
+        if ours.token_cache:
+            save_file({"tokens": train_clips.contiguous()}, str(ours.token_cache))
     held_clips = clips(cycle_tokens(vqgan, HELDOUT, 3, False, seed=2), ours.clip)
     meta = {"tokenizer": tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight),
             "factor": str(vqgan.factor)}
@@ -77,8 +92,14 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         token_file = str(pathlib.Path(tmp) / "walk_tokens.safetensors")
         save_file({"tokens": train_clips.contiguous()}, token_file, metadata=meta)
+        early_stop = []
+        if ours.val_variants:
+            val_file = str(pathlib.Path(tmp) / "walk_val_tokens.safetensors")
+            val_clips = clips(cycle_tokens(vqgan, training_characters(), ours.val_variants, False, seed=3), ours.clip)
+            save_file({"tokens": val_clips.contiguous()}, val_file)
+            early_stop = ["--val-tokens", val_file]
         model = train.main(["--tokens", token_file, "--out", str(out), "--n-embed", str(vqgan.n_embed),
-                            *DEFAULTS, *rest])
+                            *DEFAULTS, *early_stop, *rest])
     report = {"heldout_characters": list(HELDOUT), "heldout_clips": int(held_clips.shape[0]),
               "train_clips": int(train_clips.shape[0]), "clip_frames": ours.clip,
               "nll_with_previous_frame": round(training.heldout_nll(model, held_clips, config.Extents(1, 1, 1)), 4),

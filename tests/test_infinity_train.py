@@ -104,7 +104,7 @@ def test_validation_keeps_the_best_checkpoint(tmp_path, capsys):
     out = str(tmp_path / "model.safetensors")
     common = ["--tokens", data, "--out", out, "--dim", "16", "--depth", "1", "--heads", "2", "--patch", "2", "2",
               "--extents", "1", "1", "0", "--canvas", "2", "2", "--batch", "2", "--threads", "1", "--lr", "3e-2"]
-    train.main([*common, "--steps", "12", "--save-every", "3", "--val-tokens", val])
+    returned = train.main([*common, "--steps", "12", "--save-every", "3", "--val-tokens", val])
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "val_nll" in line]
     assert [p["step"] for p in printed] == [3, 6, 9, 12]
     best = min(printed, key=lambda p: p["val_nll"])
@@ -113,6 +113,7 @@ def test_validation_keeps_the_best_checkpoint(tmp_path, capsys):
     loaded = checkpoint.load_infinity(out)
     again = training.heldout_nll(loaded, load_file(val)["tokens"][:, None], config.Extents(1, 1, 0), batch=2)
     assert again == pytest.approx(best["val_nll"], abs=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(returned.state_dict().values(), loaded.state_dict().values()))
 
     save_file({"tokens": torch.randint(0, 12, (2, 4, 5))}, val)
     with pytest.raises(errors.BoundlessError, match="not whole 2×2-token patches"):

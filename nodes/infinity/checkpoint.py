@@ -52,7 +52,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> InfinityConfig:
         raise BoundlessError(f"checkpoint is inconsistent: trained extents {extents.as_tuple()} need "
                              f"{extents.cells} relative positions but the table has {cells}; the file is corrupt")
     return InfinityConfig(n_embed=n_embed, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, patch_h=patch_h,
-                          patch_w=patch_w, trained_extents=extents, text_dim=text_dim, n_orders=n_orders)
+                          patch_w=patch_w, trained_extents=extents, text_dim=text_dim, n_orders=n_orders,
+                          frame_align="frame_align.weight" in shapes)
 
 
 def build_model(cfg: InfinityConfig, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
@@ -111,6 +112,17 @@ def add_text_branch(model: InfinityTransformer, text_dim: int) -> InfinityTransf
         torch.nn.init.zeros_(block.cross.proj.weight)
         torch.nn.init.zeros_(block.cross.proj.bias)
     grown.tokenizer, grown.factor = model.tokenizer, model.factor
+    return grown
+
+
+def add_frame_align(model: InfinityTransformer) -> InfinityTransformer:
+    """A copy of a video model with frame alignment (``model.aligned_input``) that computes exactly
+    what it computed: the new projection starts at zero."""
+    if model.config.frame_align:
+        raise BoundlessError("the model already has frame alignment")
+    grown = InfinityTransformer(dataclasses.replace(model.config, frame_align=True)).to(model.pos_emb.dtype)
+    strict_load(grown, model.state_dict(), "adding frame alignment", ignore=("frame_align.",))
+    grown.tokenizer, grown.factor, grown.text_encoder = model.tokenizer, model.factor, model.text_encoder
     return grown
 
 

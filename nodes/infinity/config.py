@@ -60,6 +60,8 @@ class InfinityConfig:
     n_embed: VQGAN codebook size (vocabulary). patch_h/patch_w: tokens per patch side.
     trained_extents: largest NCP window the model learned relative embeddings for.
     text_dim: width of the text context for cross-attention; 0 means no text branch.
+    frame_align: video models only: every token position also receives the previous frame's state
+    of the same token position (see ``model.InfinityTransformer.aligned_input``).
     """
 
     n_embed: int = 16384
@@ -72,6 +74,7 @@ class InfinityConfig:
     trained_extents: Extents = Extents(1, 1, 1)
     text_dim: int = 0
     n_orders: int = N_ORDERS
+    frame_align: bool = False
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -80,6 +83,9 @@ class InfinityConfig:
         for name in ("n_embed", "dim", "depth", "heads", "mlp_dim", "patch_h", "patch_w"):
             if getattr(self, name) < 1:
                 raise BoundlessError(f"config {name} must be at least 1, got {getattr(self, name)}")
+        if self.frame_align and not self.trained_extents.f:
+            raise BoundlessError("frame alignment needs a video model with a frame axis (trained extent e_f >= 1), "
+                                 f"got extents {self.trained_extents.as_tuple()}")
 
     @property
     def tokens_per_patch(self) -> int:
@@ -92,6 +98,9 @@ class InfinityConfig:
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["trained_extents"] = list(self.trained_extents.as_tuple())
+        if not self.frame_align:
+            # Files from before the option lack the field; leaving it out keeps their fingerprints.
+            del data["frame_align"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod

@@ -16,6 +16,15 @@ with the current weights (rather than caching projected keys/values) is what let
 the key/value projections what a patch should expose to its neighbours: the states are detached,
 the projections are not. Optional text
 cross-attention follows the self-attention in each block. Attention is PyTorch SDPA.
+
+Frame alignment (optional, ``config.frame_align``; not in the paper): in a video most tokens equal
+the token at the same place in the previous frame, but finding that one token among the NCP's
+thousands of context entries by attention alone is something a small model trained on little data
+does not learn: it memorises its training clips instead (the first walk demo copied only 79 % of
+the unchanged tokens of new renderings of its own training characters). With frame alignment,
+position ``s`` also receives a learned projection of the previous frame's layer-0 state of token
+``s`` of the same patch (offset (0, 0, -1) in the NCP), so "keep unless something moves" is one
+linear map away. The projection starts at zero, so adding it to a trained model changes nothing.
 """
 from __future__ import annotations
 
@@ -30,6 +39,8 @@ from ..common.errors import BoundlessError
 from .adc import center_index, relative_index
 from .config import Extents, InfinityConfig
 from .ncp import ContextItem, PatchCache
+
+PREVIOUS_FRAME = (0, 0, -1)  # NCP offset of the same patch in the previous frame
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values [B, heads, N, head_dim]
 
@@ -149,6 +160,8 @@ class InfinityTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.n_embed)
+        if cfg.frame_align:
+            self.frame_align = nn.Linear(cfg.dim, cfg.dim)
         # Integers the shapes cannot tell; saved with the weights so a checkpoint is self-describing.
         self.register_buffer("patch_shape", torch.tensor([cfg.patch_h, cfg.patch_w], dtype=torch.int64))
         self.register_buffer("trained_extents", torch.tensor(cfg.trained_extents.as_tuple(), dtype=torch.int64))
@@ -173,6 +186,8 @@ class InfinityTransformer(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.rel_k, std=0.02)
             nn.init.normal_(block.attn.rel_v, std=0.02)
+        if self.config.frame_align:
+            nn.init.zeros_(self.frame_align.weight)
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -204,6 +219,20 @@ class InfinityTransformer(nn.Module):
         rel_n = torch.tensor([relative_index(item.offset, trained) for item in context],
                              device=device).repeat_interleave(t)                     # [N*T]
         return [block.attn.context(hidden[layer], rel_n) for layer, block in enumerate(self.blocks)]
+
+    def aligned_input(self, context: Sequence[ContextItem]) -> Optional[torch.Tensor]:
+        """Input shift ``[B, T, dim]`` of each token position from the previous frame (frame alignment).
+
+        None when the model has no frame alignment or the context holds no previous frame (a first
+        frame, an image, or e_f = 0).
+        """
+        if not self.config.frame_align:
+            return None
+        previous = next((item for item in context if item.offset == PREVIOUS_FRAME), None)
+        if previous is None:
+            return None
+        layer0_btd = previous.cache.hidden[0].to(self.pos_emb.device, self.pos_emb.dtype)
+        return self.frame_align(layer0_btd)
 
     def prepare_text(self, text_bld: Optional[torch.Tensor], batch: int) -> list[Optional[LayerKV]]:
         """Per-layer text keys/values, or Nones for a model without a text branch."""
@@ -243,6 +272,10 @@ class InfinityTransformer(nn.Module):
         texts = self.prepare_text(text, tokens_bs.shape[0])
         center = center_index(self.config.trained_extents)
         x = self.embed(tokens_bs, order)
+        aligned_btd = self.aligned_input(context)
+        if aligned_btd is not None:
+            n = min(x.shape[1], t)            # position j predicts token j: it gets token j's shift
+            x = torch.cat([x[:, :n] + aligned_btd[:, :n], x[:, n:]], dim=1)
         hidden = []
         for block, ctx, txt in zip(self.blocks, contexts, texts):
             x, h = block(x, ctx, center, txt)
@@ -270,6 +303,7 @@ class PatchDecoder:
         self.center = center_index(cfg.trained_extents)
         self.texts = model.prepare_text(text, batch)
         contexts = model.prepare_context(context)
+        self.aligned = model.aligned_input(context)                                  # [B, T, dim] or None
         self.n_ctx = 0 if contexts[0] is None else contexts[0][0].shape[2]
         dtype, device = model.pos_emb.dtype, model.pos_emb.device
         length = self.n_ctx + self.t + 1
@@ -304,6 +338,8 @@ class PatchDecoder:
         else:
             x = model.tok_emb(token_b.view(self.batch, 1))
         x = x + model.pos_emb[s] + model.order_emb[self.order]                       # [B, 1, dim]
+        if self.aligned is not None and s < self.t:
+            x = x + self.aligned[:, s:s + 1]
         end = self.n_ctx + s + 1
         slot = (self.batch, self.heads, self.head_dim)
         last_layer = len(model.blocks) - 1

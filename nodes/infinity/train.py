@@ -34,7 +34,7 @@ from PIL import Image
 from ..common.errors import BoundlessError
 from ..common.tokens import fingerprint
 from .adc import ORDERS
-from .checkpoint import add_text_branch, load_infinity, save_infinity
+from .checkpoint import add_frame_align, add_text_branch, load_infinity, save_infinity
 from .config import Extents, InfinityConfig
 from .model import InfinityTransformer
 from .training import CanvasSampler, chain_loss, heldout_nll
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--patch", type=int, nargs=2, default=(16, 16), metavar=("H", "W"),
                       help="tokens per patch side")
     size.add_argument("--extents", type=int, nargs=3, default=(1, 1, 1), metavar=("EW", "EH", "EF"))
+    size.add_argument("--frame-align", action="store_true",
+                      help="video: give each token position the previous frame's state of the same position "
+                           "(added to a --resume model as a no-op if it lacks it)")
     size.add_argument("--n-embed", type=int, default=0, help="codebook size (default: max token + 1)")
     run = p.add_argument_group("training")
     run.add_argument("--canvas", type=int, nargs=2, default=(4, 4), metavar=("COLS", "ROWS"),
@@ -174,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> InfinityTransformer:
+    """Train; returns the model as saved in ``--out`` (with ``--val-tokens``: the best step, not the last)."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     rank, world, device = distributed_setup()
@@ -196,12 +200,14 @@ def main(argv=None) -> InfinityTransformer:
         model = resumed
         if texts is not None and not model.config.text_dim:
             model = add_text_branch(model, int(texts.shape[-1]))
+        if args.frame_align and not model.config.frame_align:
+            model = add_frame_align(model)
     else:
         n_embed = args.n_embed or int(max(int(g.max()) for g in grids)) + 1
         cfg = InfinityConfig(n_embed=n_embed, dim=args.dim, depth=args.depth, heads=args.heads,
                              mlp_dim=args.mlp_dim or 4 * args.dim, patch_h=patch_h, patch_w=patch_w,
                              trained_extents=Extents(*args.extents),
-                             text_dim=0 if texts is None else int(texts.shape[-1]))
+                             text_dim=0 if texts is None else int(texts.shape[-1]), frame_align=args.frame_align)
         model = InfinityTransformer(cfg)
     cfg = model.config
     model.tokenizer, model.factor = tokenizer or model.tokenizer, factor or model.factor
@@ -249,6 +255,8 @@ def main(argv=None) -> InfinityTransformer:
             break
     if world > 1:
         dist.destroy_process_group()
+    if validation is not None and rank == 0:
+        return load_infinity(args.out).to(device).eval()
     return model.eval()
 
 
