@@ -40,3 +40,43 @@ def test_zero_tolerance_is_plain_quantization_and_hysteresis_stays_within_tolera
 def test_negative_tolerance_is_refused():
     with pytest.raises(ValueError, match="tolerance"):
         temporal.encode_frames_stable(tiny_vqgan(), torch.zeros(2, 3, 32, 32), tolerance=-1)
+
+
+def test_tiled_encode_with_stability_is_hysteresis_per_position():
+    """VQGAN Encode's temporal_stability: tiles quantize their own token columns over time, so a tiled
+    encode whose margin covers the canvas equals the one-pass stable encode, which equals
+    encode_frames_stable; 0 is the plain per-image encode."""
+    tiling = pack_module("nodes.vq.tiling")
+    vqgan = tiny_vqgan()
+    frames = (torch.rand(1, 3, 64, 96) * 2 - 1).repeat(5, 1, 1, 1) + 0.05 * torch.randn(5, 3, 64, 96)
+    with torch.no_grad():
+        z = vqgan.quant_conv(vqgan.encoder(frames))
+        tolerance = float(distances(vqgan.quantize.embedding.weight, z).min(-1).values.median())
+        stable = tiling.encode_tiled(vqgan, frames, stability=tolerance)
+        assert torch.equal(stable, temporal.encode_frames_stable(vqgan, frames, tolerance=tolerance))
+        assert not torch.equal(stable, vqgan.encode_indices(frames))
+        assert torch.equal(tiling.encode_tiled(vqgan, frames, tile_px=32, margin_px=96, stability=tolerance), stable)
+        assert torch.equal(tiling.encode_tiled(vqgan, frames, stability=0.0), vqgan.encode_indices(frames))
+        with pytest.raises(pack_module("nodes.common.errors").BoundlessError, match="temporal stability"):
+            tiling.encode_tiled(vqgan, frames, stability=-0.1)
+
+
+def test_vqgan_encode_node_quantizes_a_batch_as_frames_with_temporal_stability():
+    from conftest import import_comfy_in_process
+    import_comfy_in_process()
+    nodes = pack_module("nodes.vq.nodes")
+    glue = pack_module("nodes.common.comfy_glue")
+    model = tiny_vqgan()
+    torch.manual_seed(5)
+    video_bchw = ((torch.rand(1, 3, 64, 64) * 2 - 1).repeat(6, 1, 1, 1) + 0.1 * torch.randn(6, 3, 64, 64)).clamp(-1, 1)
+    video_bhwc = ((video_bchw + 1) / 2).permute(0, 2, 3, 1)                   # ComfyUI IMAGE
+    with torch.no_grad():
+        z = model.quant_conv(model.encoder(video_bchw))
+    tolerance = float(distances(model.quantize.embedding.weight.detach(), z).min(-1).values.median())
+    vqgan, encode = glue.managed(model), nodes.VQGANEncode.execute
+    plain = encode(vqgan, video_bhwc, "pad", 0, 64).result[0].indices
+    assert torch.equal(encode(vqgan, video_bhwc, "pad", 0, 64, temporal_stability=0.0).result[0].indices, plain)
+    stable = encode(vqgan, video_bhwc, "pad", 0, 64, temporal_stability=tolerance).result[0].indices
+    assert torch.equal(stable, temporal.encode_frames_stable(model, video_bchw, tolerance=tolerance))
+    flicker = lambda t: int((t[1:] != t[:-1]).sum())                         # noqa: E731
+    assert flicker(stable) < flicker(plain)

@@ -36,12 +36,16 @@ def quantize_stable(codes_ke: torch.Tensor, z_fehw: torch.Tensor, tolerance: flo
     return torch.stack(out).reshape(frames, height, width)
 
 
+def latents(vqgan: VQGAN, x_bchw: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Pre-quantization latents ``[B, E, h, w]`` of images in [-1, 1], ``batch`` images at a time."""
+    return torch.cat([vqgan.quant_conv(vqgan.encoder(x_bchw[start:start + batch]))
+                      for start in range(0, x_bchw.shape[0], batch)])
+
+
 @torch.no_grad()
 def encode_frames_stable(vqgan: VQGAN, frames_fchw: torch.Tensor, tolerance: float = 0.05,
                          batch: int = 16) -> torch.Tensor:
     """Tokens ``[F, h, w]`` of frames ``[F, 3, H, W]`` in [-1, 1] (time order); tolerance 0 = per-frame."""
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    z_fehw = torch.cat([vqgan.quant_conv(vqgan.encoder(frames_fchw[start:start + batch]))
-                        for start in range(0, frames_fchw.shape[0], batch)])
-    return quantize_stable(vqgan.quantize.embedding.weight, z_fehw, tolerance)
+    return quantize_stable(vqgan.quantize.embedding.weight, latents(vqgan, frames_fchw, batch), tolerance)

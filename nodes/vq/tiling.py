@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..common.errors import BoundlessError
 from ..common.images import model_to_image
 from ..common.progress import Preview, Progress, no_progress
+from .temporal import latents, quantize_stable
 
 SIZE_POLICIES = ("pad", "crop", "error")
 MAX_SIDE = 1 << 17          # 131072 px: larger canvases belong to the streaming writers
@@ -106,19 +107,32 @@ def _run_tiled(grid_h: int, grid_w: int, tile: int, margin: int,
 
 
 def encode_tiled(model, x_bchw: torch.Tensor, tile_px: int = 0, margin_px: int = 64,
-                 progress: Progress = no_progress) -> torch.Tensor:
-    """Image [B,3,H,W] (multiples of f) -> indices [B,h,w]; tile_px=0 means one exact pass."""
+                 progress: Progress = no_progress, stability: float = 0.0) -> torch.Tensor:
+    """Image [B,3,H,W] (multiples of f) -> indices [B,h,w]; tile_px=0 means one exact pass.
+
+    ``stability`` > 0 takes the batch as video frames in time order and quantizes them with
+    temporal hysteresis of that tolerance (``temporal.quantize_stable``). Hysteresis works per token
+    position, so tiles quantize their own columns of frames and tiling changes nothing about it.
+    """
     f = model.factor
     b, _, h, w = x_bchw.shape
+    if stability < 0:
+        raise BoundlessError(f"temporal stability must be >= 0 (0 = each image alone), got {stability}")
+
+    def indices(x_part):
+        if not stability:
+            return model.encode_indices(x_part)
+        return quantize_stable(model.quantize.embedding.weight, latents(model, x_part), stability)
+
     if tile_px <= 0 or (tile_px >= h and tile_px >= w):
-        return model.encode_indices(x_bchw)
+        return indices(x_bchw)
     if tile_px % f or margin_px % f:
         raise BoundlessError(f"tile size {tile_px} and margin {margin_px} must be multiples of the factor {f}")
     tile, margin = tile_px // f, margin_px // f
     out_bhw = torch.empty(b, h // f, w // f, dtype=torch.int64, device=x_bchw.device)
 
     def run(y0, y1, x0, x1):
-        return model.encode_indices(x_bchw[:, :, y0 * f:y1 * f, x0 * f:x1 * f])
+        return indices(x_bchw[:, :, y0 * f:y1 * f, x0 * f:x1 * f])
 
     def place(part, oy, ox, y0, y1, x0, x1):
         out_bhw[:, y0:y1, x0:x1] = part[:, oy:oy + y1 - y0, ox:ox + x1 - x0]
