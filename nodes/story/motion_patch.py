@@ -46,7 +46,7 @@ class CrossLayer:
         return (self.block, self.number, self.block_index)
 
 
-def _layers_of(module: torch.nn.Module, block: str, number: int) -> list[CrossLayer]:
+def _layers_of(module: torch.nn.Module, block: str, number: int) -> list[tuple[CrossLayer, torch.nn.Module]]:
     found = []
     for child in module.children():
         for index, transformer in enumerate(getattr(child, "transformer_blocks", None) or ()):
@@ -54,12 +54,13 @@ def _layers_of(module: torch.nn.Module, block: str, number: int) -> list[CrossLa
             if attn2 is None:
                 continue
             inner = int(attn2.to_q.weight.shape[0])
-            found.append(CrossLayer(block, number, index, inner, int(getattr(attn2, "heads", 1))))
+            found.append((CrossLayer(block, number, index, inner, int(getattr(attn2, "heads", 1))), attn2))
     return found
 
 
-def cross_attention_layers(unet: torch.nn.Module) -> list[CrossLayer]:
-    """Every cross-attention layer of an SD-style UNet in IP-Adapter order (input, output, middle).
+def cross_attention_modules(unet: torch.nn.Module) -> list[tuple[CrossLayer, torch.nn.Module]]:
+    """Every cross-attention layer of an SD-style UNet with its ``attn2`` module, in IP-Adapter order
+    (input, output, middle).
 
     Found by duck typing (children with ``transformer_blocks`` whose blocks have ``attn2``), so SD1.5,
     SD2, SDXL and small test UNets work alike; works on the meta device."""
@@ -68,13 +69,18 @@ def cross_attention_layers(unet: torch.nn.Module) -> list[CrossLayer]:
             raise BoundlessError(
                 f"Apply Motion Conditioning needs an SD-style UNet (input, middle and output blocks); this model's "
                 f"diffusion network ({type(unet).__name__}) has no '{name}'. Use an SD1.5-type model.")
-    layers: list[CrossLayer] = []
+    found: list[tuple[CrossLayer, torch.nn.Module]] = []
     for number, block in enumerate(unet.input_blocks):
-        layers += _layers_of(block, "input", number)
+        found += _layers_of(block, "input", number)
     for number, block in enumerate(unet.output_blocks):
-        layers += _layers_of(block, "output", number)
-    layers += _layers_of(unet.middle_block, "middle", 0)
-    return layers
+        found += _layers_of(block, "output", number)
+    found += _layers_of(unet.middle_block, "middle", 0)
+    return found
+
+
+def cross_attention_layers(unet: torch.nn.Module) -> list[CrossLayer]:
+    """The cross-attention layers of :func:`cross_attention_modules`, without the modules."""
+    return [layer for layer, _ in cross_attention_modules(unet)]
 
 
 def check_layers(layers: Sequence[CrossLayer], conditioner: MotionConditioner) -> None:

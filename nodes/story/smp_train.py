@@ -146,21 +146,37 @@ def clip_indices(start: int, frames: int, direction: int) -> list[int]:
     return [(start + direction * j) % WALK_FRAMES for j in range(frames)]
 
 
-def sample_clips(cycles: torch.Tensor, batch: int, frames: int, generator: torch.Generator) -> torch.Tensor:
-    """Random clips ``[B, L, D]`` from embedded cycles ``[C, K, F, D]``."""
-    c = torch.randint(0, cycles.shape[0], (batch,), generator=generator)
-    k = torch.randint(0, cycles.shape[1], (batch,), generator=generator)
+def random_clip_index(characters: int, variants: int, batch: int, frames: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where ``batch`` random clips lie in cycles ``[C, K, F, ...]``: character ``[B, 1]``, variant
+    ``[B, 1]`` and frame ``[B, L]`` indices (any start, either direction, wrapping around)."""
+    c = torch.randint(0, characters, (batch,), generator=generator)
+    k = torch.randint(0, variants, (batch,), generator=generator)
     start = torch.randint(0, WALK_FRAMES, (batch,), generator=generator)
     direction = torch.randint(0, 2, (batch,), generator=generator) * 2 - 1
     index = (start.unsqueeze(1) + direction.unsqueeze(1) * torch.arange(frames)) % WALK_FRAMES     # [B, L]
-    return cycles[c.unsqueeze(1), k.unsqueeze(1), index]
+    return c.unsqueeze(1), k.unsqueeze(1), index
+
+
+def sample_clips(cycles: torch.Tensor, batch: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """Random clips ``[B, L, D]`` from embedded cycles ``[C, K, F, D]``."""
+    return cycles[random_clip_index(cycles.shape[0], cycles.shape[1], batch, frames, generator)]
+
+
+def all_clip_index(characters: int, variants: int,
+                   frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where every clip of ``frames`` frames lies (all characters, variants, starts, both directions),
+    as :func:`random_clip_index`: ``[N, 1]``, ``[N, 1]``, ``[N, L]``, N = C * K * 2F."""
+    index_sl = torch.tensor([clip_indices(s, frames, d) for s in range(WALK_FRAMES) for d in (1, -1)])
+    starts = index_sl.shape[0]
+    c = torch.arange(characters).repeat_interleave(variants * starts)
+    k = torch.arange(variants).repeat_interleave(starts).repeat(characters)
+    return c.unsqueeze(1), k.unsqueeze(1), index_sl.repeat(characters * variants, 1)
 
 
 def all_clips(cycles: torch.Tensor, frames: int) -> torch.Tensor:
     """Every clip of length ``frames`` (all characters, variants, starts, both directions) ``[N, L, D]``."""
-    index = torch.tensor([clip_indices(s, frames, d) for s in range(WALK_FRAMES) for d in (1, -1)])   # [S, L]
-    clips = cycles[:, :, index]                                                                     # [C, K, S, L, D]
-    return clips.reshape(-1, frames, cycles.shape[-1])
+    return cycles[all_clip_index(cycles.shape[0], cycles.shape[1], frames)]
 
 
 def inner(x_bld: torch.Tensor) -> torch.Tensor:
