@@ -32,11 +32,8 @@ from packpath import pack_module  # noqa: E402
 from train_infinity_video_demo import OUT as WALK_MODEL, VQGAN, clips, stable_cycle_tokens  # noqa: E402
 from train_pixel_guide import OUT as GUIDE  # noqa: E402
 
-adc = pack_module("nodes.infinity.adc")
 checkpoint = pack_module("nodes.infinity.checkpoint")
 config = pack_module("nodes.infinity.config")
-geometry = pack_module("nodes.infinity.geometry")
-ncp = pack_module("nodes.infinity.ncp")
 sampler = pack_module("nodes.infinity.sampler")
 state_mod = pack_module("nodes.infinity.state")
 training = pack_module("nodes.infinity.training")
@@ -51,30 +48,6 @@ def animate(model, first_bhw: torch.Tensor, frames: int, seed: int, temperature:
     planned = state_mod.plan_outpaint(state, [("future", frames)])
     sampler.run(model, planned, seed=seed, temperature=temperature, top_k=32)
     return planned.tokens
-
-
-@torch.no_grad()
-def next_frame_accuracy(model, cycles_nfhw: torch.Tensor) -> dict:
-    """Teacher-forced accuracy on every frame pair (k, k+1) of the looping cycles, by token kind."""
-    pairs = clips(cycles_nfhw, 2)                                                   # [N*8, 2, h, w]
-    ph, pw = model.config.patch_h, model.config.patch_w
-    frames, rows, cols = geometry.patch_grid_shape(pairs, ph, pw)
-    region = geometry.Region.whole(frames, rows, cols)
-    pool = ncp.NearbyContextPool(region, config.Extents(1, 1, 1))
-    sequence = adc.scan(region, "down")
-    last_uses = pool.last_uses(sequence)
-    predicted = torch.zeros_like(pairs)
-    for step, pos in enumerate(sequence):
-        logits, cache = model(geometry.read_patch(pairs, pos, ph, pw), pool.select(pos), adc.order_id("down"))
-        geometry.write_patch(predicted, pos, logits.argmax(-1), ph, pw)
-        pool.add(pos, cache)
-        pool.remove(step, last_uses)
-    truth, previous, hit = pairs[:, 1], pairs[:, 0], predicted[:, 1] == pairs[:, 1]
-    moving = truth != previous
-    return {"accuracy": round(float(hit.float().mean()), 4),
-            "copy_previous_frame": round(float((~moving).float().mean()), 4),
-            "accuracy_on_kept_tokens": round(float(hit[~moving].float().mean()), 4),
-            "accuracy_on_changed_tokens": round(float(hit[moving].float().mean()), 4)}
 
 
 def main():
@@ -105,7 +78,7 @@ def main():
         "heldout_characters": list(HELDOUT), "clips": int(held.shape[0]), "threads": args.threads,
         "frame_axis": {"nll_with_previous_frame": round(with_frames, 4), "nll_without": round(without, 4),
                        "reduction": round(1 - with_frames / without, 4)},
-        "next_frame": next_frame_accuracy(model, tokens),
+        "next_frame": training.next_frame_accuracy(model, clips(tokens, 2)),
         "animation": {"token_agreement_with_truth": round(agree, 4), "greedy_token_agreement": round(greedy, 4),
                       "copy_first_frame_agreement": round(copy, 4), "seconds_per_frame": round(per_frame, 3)},
         "pixel_guide": {"plain": guide_train.evaluate(vqgan, None, cycles),

@@ -105,8 +105,8 @@ def main(argv):
               "nll_with_previous_frame": round(training.heldout_nll(model, held_clips, config.Extents(1, 1, 1)), 4),
               "nll_without_previous_frame": round(training.heldout_nll(model, held_clips, config.Extents(1, 1, 0)), 4)}
     print(json.dumps(report))
-    steps = checkpoint.read_metadata(str(out)).get("steps", "")
-    checkpoint.save_infinity(model, str(out), extra={"steps": steps, "report": json.dumps(report),
+    kept = {k: v for k, v in checkpoint.read_metadata(str(out)).items() if k in ("steps", "val_nll")}
+    checkpoint.save_infinity(model, str(out), extra={**kept, "report": json.dumps(report),
                                                      "data": pack_module("nodes.story.smp_train").DATA_SOURCE})
     print(f"saved {out}")
 

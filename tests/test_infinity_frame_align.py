@@ -93,8 +93,10 @@ def test_checkpoint_keeps_frame_alignment_and_old_fingerprints(tmp_path):
 def test_frame_alignment_learns_to_hold_a_still_video_where_attention_alone_does_not_yet():
     """On still clips of random tokens (every frame repeats the first), 60 steps teach an aligned
     model to repeat the previous frame almost perfectly; the same model without alignment, trained
-    identically, has to find each token among its context by attention and is far behind."""
-    def train(frame_align: bool) -> float:
+    identically, has to find each token among its context by attention and is far behind.
+    ``training.next_frame_accuracy`` then sees the aligned model hold the kept tokens of a frame in
+    which a quarter of the tokens changed, and miss the changed ones (it never saw motion)."""
+    def train(frame_align: bool):
         torch.manual_seed(0)
         model = model_mod.InfinityTransformer(config.InfinityConfig(
             n_embed=64, dim=32, depth=2, heads=2, mlp_dim=64, patch_h=2, patch_w=2, trained_extents=VIDEO,
@@ -105,11 +107,20 @@ def test_frame_alignment_learns_to_hold_a_still_video_where_attention_alone_does
             optimizer.zero_grad()
             training.chain_loss(model, still, "down", VIDEO, patch_h=2, patch_w=2)
             optimizer.step()
-        test = torch.randint(0, 64, (16, 1, 4, 4), generator=torch.Generator().manual_seed(1)).expand(-1, 2, -1, -1)
         state = state_mod.state_from_tokens(model.eval(), test[:, 0], VIDEO)
         planned = state_mod.plan_outpaint(state, [("future", 1)])
         sampler.run(model, planned, seed=0, temperature=0.0)
-        return float((planned.tokens[:, 1] == test[:, 1]).float().mean())
+        return model, float((planned.tokens[:, 1] == test[:, 1]).float().mean())
 
-    aligned, plain = train(True), train(False)
+    generator = torch.Generator().manual_seed(1)
+    test = torch.randint(0, 64, (16, 1, 4, 4), generator=generator).expand(-1, 2, -1, -1)
+    (model, aligned), (_, plain) = train(True), train(False)
     assert aligned > 0.9 and plain < 0.5, (aligned, plain)
+
+    moved = test.clone()
+    changed = torch.rand(16, 4, 4, generator=generator) < 0.25
+    moved[:, 1][changed] = (moved[:, 1][changed] + 1 + torch.randint(0, 63, (int(changed.sum()),),
+                                                                      generator=generator)) % 64
+    report = training.next_frame_accuracy(model, moved)
+    assert report["copy_previous_frame"] == round(1 - float(changed.float().mean()), 4)
+    assert report["accuracy_on_kept_tokens"] > 0.9 and report["accuracy_on_changed_tokens"] < 0.2, report

@@ -43,14 +43,20 @@ def test_walk_model_is_a_video_model_of_the_demo_vqgan(vqgan):
 
 def test_walk_model_uses_the_previous_frame_on_unseen_characters(vqgan, heldout_cycles):
     """Held-out token cross-entropy is clearly lower with the NCP's frame axis than without it
-    (measured 4.71 vs 5.09 nats, -7.4 %; the previous demo model managed -0.9 % on this set). The
-    tokens are quantized with temporal hysteresis, as the model's training clips were."""
+    (measured 1.99 vs 2.50 nats, -21 %; the previous demo model, without frame alignment: 4.71 vs 5.09).
+    Given the true previous frame, the model keeps the tokens that stay (measured 0.954 of them; the
+    previous model 0.79) but predicts almost none of the ones that change (0.025): it holds an unseen
+    character steady rather than animating it. The tokens are quantized with temporal hysteresis, as
+    the model's training clips were."""
     model = checkpoint.load_infinity(str(WALK_MODEL))
+    assert model.config.frame_align
     tokens = stable_cycle_tokens(vqgan, heldout_cycles)
     held = clips(tokens, 4)                                                               # [48, 4, 16, 16]
     with_frames = training.heldout_nll(model, held, config.Extents(1, 1, 1))
     without = training.heldout_nll(model, held, config.Extents(1, 1, 0))
-    assert with_frames < 0.95 * without, (with_frames, without)
+    assert with_frames < 0.85 * without and with_frames < 2.5, (with_frames, without)
+    report = training.next_frame_accuracy(model, clips(tokens, 2))
+    assert report["accuracy_on_kept_tokens"] > 0.9, report
 
 
 def test_pixel_guide_beats_plain_decoding_on_unseen_characters(vqgan, heldout_cycles):

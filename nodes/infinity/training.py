@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..common.errors import BoundlessError
 from .adc import ORDERS, order_id, scan
 from .config import Extents
-from .geometry import Region, patch_grid_shape, read_patch
+from .geometry import Region, patch_grid_shape, read_patch, write_patch
 from .ncp import NearbyContextPool, PatchCache
 
 
@@ -125,3 +125,33 @@ def heldout_nll(model: nn.Module, canvases_nfhw: torch.Tensor, extents: Extents,
             count += chunk.shape[0]
     model.train(was_training)
     return total / count
+
+
+@torch.no_grad()
+def next_frame_accuracy(model: nn.Module, pairs_n2hw: torch.Tensor) -> dict:
+    """Teacher-forced accuracy on frame 1 of two-frame clips ``[N, 2, h, w]`` given the true frame 0.
+
+    Each token is the argmax given the true tokens before it (its own NCP, order ``down``). Split into
+    the tokens that stay as in frame 0 and those that change (the motion), it tells a model that holds
+    the picture from one that also predicts the motion; ``copy_previous_frame`` is the accuracy of
+    repeating frame 0.
+    """
+    cfg = model.config
+    frames, rows, cols = patch_grid_shape(pairs_n2hw, cfg.patch_h, cfg.patch_w)
+    region = Region.whole(frames, rows, cols)
+    pool = NearbyContextPool(region, cfg.trained_extents)
+    sequence = scan(region, "down")
+    last_uses = pool.last_uses(sequence)
+    predicted = torch.zeros_like(pairs_n2hw)
+    for step, pos in enumerate(sequence):
+        logits, cache = model(read_patch(pairs_n2hw, pos, cfg.patch_h, cfg.patch_w), pool.select(pos),
+                              order_id("down"))
+        write_patch(predicted, pos, logits.argmax(-1), cfg.patch_h, cfg.patch_w)
+        pool.add(pos, cache)
+        pool.remove(step, last_uses)
+    truth, previous = pairs_n2hw[:, 1], pairs_n2hw[:, 0]
+    hit, moving = predicted[:, 1] == truth, truth != previous
+    return {"accuracy": round(float(hit.float().mean()), 4),
+            "copy_previous_frame": round(float((~moving).float().mean()), 4),
+            "accuracy_on_kept_tokens": round(float(hit[~moving].float().mean()), 4),
+            "accuracy_on_changed_tokens": round(float(hit[moving].float().mean()), 4)}
