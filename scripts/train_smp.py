@@ -70,7 +70,8 @@ def parse(argv):
     stage2.add_argument("--prompt", default="a cartoon character walking, full body, plain background",
                         help="text the denoiser's text cross-attention sees for every frame")
     stage2.add_argument("--ip-adapter", type=pathlib.Path,
-                        help="start from these cross-attention weights (basic IP-Adapter layout) instead of fresh ones")
+                        help="start from these cross-attention weights (basic IP-Adapter layout, .safetensors or "
+                             ".bin) instead of fresh ones")
     stage2.add_argument("--freeze-projection", action="store_true",
                         help="train only the predictor; keep the cross-attention weights as they are")
     stage2.add_argument("--image-tokens", type=int, default=4, help="tokens per embedding of fresh weights")
@@ -190,14 +191,14 @@ def denoiser_stage(args, predictor, embeds: dict, renders: dict, train_ids, held
     ``embeds`` / ``renders``: ``{"train", "eval"}`` embeddings ``[C, K, F, D]`` and frames
     ``[C, K, F, H, W, 3]`` of the same renderings. Returns the conditioner and the metrics."""
     import comfy.model_management as mm
-    from safetensors.torch import load_file
     denoise_mod = pack_module("nodes.story.smp_denoise")
     tokens_mod = pack_module("nodes.story.motion_tokens")
     motion_patch = pack_module("nodes.story.motion_patch")
     denoise, sigmas, found = comfy_denoiser(patcher, clip, args.prompt)
     layers = [layer for layer, _ in found]
     if args.ip_adapter:
-        conditioner = tokens_mod.load_conditioner(tokens_mod.flatten_ip_adapter(load_file(str(args.ip_adapter))),
+        weights = pack_module("nodes.common.weights").read_checkpoint(str(args.ip_adapter))
+        conditioner = tokens_mod.load_conditioner(tokens_mod.flatten_ip_adapter(weights),
                                                   f"IP-Adapter {args.ip_adapter.name}")
         motion_patch.check_layers(layers, conditioner)
     else:

@@ -97,12 +97,15 @@ def test_frozen_projection_stays_as_given(unet):
     assert not torch.equal(predictor.head_out.weight, head_before)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("arcade") is None, reason="arcade not installed (scripts/setup does it)")
-def test_script_stage_gives_weights_smp_loader_reads_and_held_out_numbers(unet):
-    """scripts/train_smp.py's stage 2 on real walk-cycle frames (VAE-encoded by the tiny VAE): the
-    written predictor + cross-attention weights load as one SMP file and fit the UNet."""
+needs_arcade = pytest.mark.skipif(importlib.util.find_spec("arcade") is None,
+                                  reason="arcade not installed (scripts/setup does it)")
+
+
+def script_stage(unet, argv):
+    """scripts/train_smp.py's stage 2 on real walk-cycle frames of one training and one held-out
+    character (VAE-encoded by the tiny VAE at 64 px), with random 1280-d embeddings."""
     train_smp = unet["train_smp"]
-    args = train_smp.parse(["--size", "64", "--denoiser-steps", "4", "--denoiser-batch", "1", "--image-tokens", "2"])
+    args = train_smp.parse(["--size", "64", "--denoiser-batch", "1", *argv])
     variants = smp_train.random_variants(1, torch.Generator().manual_seed(0))
     renders = {"train": smp_train.render_cycles(["zombie"], variants),
                "eval": smp_train.render_cycles(["zombie", "robot"], variants)}
@@ -111,6 +114,13 @@ def test_script_stage_gives_weights_smp_loader_reads_and_held_out_numbers(unet):
     predictor = smp_tiny.tiny_predictor()
     conditioner, metrics = train_smp.denoiser_stage(args, predictor, embeds, renders, [0], [1], unet["patcher"],
                                                     unet["clip"], unet["vae"])
+    return predictor, conditioner, metrics
+
+
+@needs_arcade
+def test_script_stage_gives_weights_smp_loader_reads_and_held_out_numbers(unet):
+    """The written predictor + fresh cross-attention weights load as one SMP file and fit the UNet."""
+    predictor, conditioner, metrics = script_stage(unet, ["--denoiser-steps", "4", "--image-tokens", "2"])
     assert metrics["steps"] == 4 and len(metrics["heldout"]) == 4
     assert metrics["heldout"]["frames_scored"] == 1 * 1 * 16 * 6
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics["heldout"].values())
@@ -120,3 +130,13 @@ def test_script_stage_gives_weights_smp_loader_reads_and_held_out_numbers(unet):
     loaded = tokens_mod.load_conditioner(written)
     pack_module("nodes.story.motion_patch").check_layers(unet["layers"], loaded)
     assert loaded.config.tokens == 2 and smp.load_predictor(written).config == predictor.config
+
+
+@needs_arcade
+def test_script_stage_starts_from_an_ip_adapter_file_and_can_keep_it_frozen(unet, tmp_path):
+    from safetensors.torch import save_file
+    given = tokens_mod.conditioner_state_dict(smp_tiny.tiny_conditioner(1))
+    save_file(given, str(tmp_path / "ip.safetensors"))
+    _, conditioner, _ = script_stage(unet, ["--denoiser-steps", "2", "--ip-adapter", str(tmp_path / "ip.safetensors"),
+                                            "--freeze-projection"])
+    assert all(torch.equal(v, given[k]) for k, v in tokens_mod.conditioner_state_dict(conditioner).items())
