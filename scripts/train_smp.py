@@ -30,6 +30,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from packpath import ROOT, pack_module
@@ -173,7 +174,6 @@ def comfy_denoiser(patcher, clip, prompt: str):
 def frame_latents(patcher, vae, frames: torch.Tensor, size: int, batch: int = 16) -> torch.Tensor:
     """Latents ``[..., c, h, w]`` (scaled as the sampler sees them) of IMAGE-like frames ``[..., H, W, 3]``
     resized to ``size`` px."""
-    import torch.nn.functional as F
     flat = frames.reshape(-1, *frames.shape[-3:])
     chunks = []
     for start in range(0, flat.shape[0], batch):
@@ -185,11 +185,12 @@ def frame_latents(patcher, vae, frames: torch.Tensor, size: int, batch: int = 16
     return latents.view(*frames.shape[:-3], *latents.shape[1:])
 
 
-def denoiser_stage(args, predictor, embeds: dict, renders: dict, train_ids, held_ids, patcher, clip, vae):
+def denoiser_stage(args, predictor, embeds: dict, renders: dict, held_ids, patcher, clip, vae):
     """Stage 2: train the predictor and the cross-attention weights through the frozen UNet.
 
     ``embeds`` / ``renders``: ``{"train", "eval"}`` embeddings ``[C, K, F, D]`` and frames
-    ``[C, K, F, H, W, 3]`` of the same renderings. Returns the conditioner and the metrics."""
+    ``[C, K, F, H, W, 3]`` of the same renderings (as :func:`encoded_frames`); ``held_ids`` pick the
+    held-out characters of "eval". Returns the conditioner and the metrics."""
     import comfy.model_management as mm
     denoise_mod = pack_module("nodes.story.smp_denoise")
     tokens_mod = pack_module("nodes.story.motion_tokens")
@@ -281,8 +282,7 @@ def main(argv=None):
     if args.denoiser:
         plan = rendering_plan(args, smp_train, characters, [characters[i] for i in train_ids])
         renders = {split: smp_train.render_cycles(*plan[split]) for split in plan}
-        conditioner, stage2 = denoiser_stage(args, model, frames, renders, train_ids, held_ids,
-                                             *load_denoiser(args.denoiser))
+        conditioner, stage2 = denoiser_stage(args, model, frames, renders, held_ids, *load_denoiser(args.denoiser))
         model.cpu()
         sd.update(pack_module("nodes.story.motion_tokens").conditioner_state_dict(conditioner, torch.float16))
     sd.update(smp.predictor_state_dict(model, torch.float16))

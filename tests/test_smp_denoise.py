@@ -112,7 +112,7 @@ def script_stage(unet, argv):
     g = torch.Generator().manual_seed(4)
     embeds = {split: torch.randn(*frames.shape[:3], smp_tiny.EMBED_DIM, generator=g) for split, frames in renders.items()}
     predictor = smp_tiny.tiny_predictor()
-    conditioner, metrics = train_smp.denoiser_stage(args, predictor, embeds, renders, [0], [1], unet["patcher"],
+    conditioner, metrics = train_smp.denoiser_stage(args, predictor, embeds, renders, [1], unet["patcher"],
                                                     unet["clip"], unet["vae"])
     return predictor, conditioner, metrics
 
