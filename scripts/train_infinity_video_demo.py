@@ -71,19 +71,21 @@ def main(argv):
     p.add_argument("--val-variants", type=int, default=4,
                    help="renderings per training character in the early-stopping set (0 = no early stopping)")
     p.add_argument("--token-cache", type=pathlib.Path,
-                   help="keep the tokenized training clips in this file and reuse it (encoding takes minutes)")
+                   help="keep the tokenized training clips in this file and reuse it while --variants and --clip "
+                        "are unchanged (encoding takes minutes)")
     ours, rest = p.parse_known_args(argv)
     vq_loader = pack_module("nodes.vq.loader")
     tokens_mod, train, training = (pack_module(m) for m in ("nodes.common.tokens", "nodes.infinity.train",
                                                             "nodes.infinity.training"))
     checkpoint, config = pack_module("nodes.infinity.checkpoint"), pack_module("nodes.infinity.config")
     vqgan = vq_loader.load_vqgan(str(VQGAN)).float().eval()
-    if ours.token_cache and ours.token_cache.is_file():
+    made_with = {"variants": str(ours.variants), "clip": str(ours.clip)}
+    if ours.token_cache and ours.token_cache.is_file() and checkpoint.read_metadata(str(ours.token_cache)) == made_with:
         train_clips = load_file(str(ours.token_cache))["tokens"]
     else:
         train_clips = clips(cycle_tokens(vqgan, training_characters(), ours.variants, True, seed=1), ours.clip)
         if ours.token_cache:
-            save_file({"tokens": train_clips.contiguous()}, str(ours.token_cache))
+            save_file({"tokens": train_clips.contiguous()}, str(ours.token_cache), metadata=made_with)
     held_clips = clips(cycle_tokens(vqgan, HELDOUT, 3, False, seed=2), ours.clip)
     meta = {"tokenizer": tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight),
             "factor": str(vqgan.factor)}
