@@ -35,8 +35,12 @@ def context_for(model, canvas, order, pos, extents):
     return [ncp_mod.ContextItem(p, off, caches[p]) for p, off in window.window(pos) if p in caches]
 
 
-def test_kv_cache_matches_teacher_forcing():
-    model = tiny_model(0, torch.float64)
+GEOMETRIES = pytest.mark.parametrize("rope_base", [0, 100], ids=["absolute", "rope"])
+
+
+@GEOMETRIES
+def test_kv_cache_matches_teacher_forcing(rope_base):
+    model = tiny_model(0, torch.float64, rope_base=rope_base)
     tokens = torch.randint(0, 64, (2, 4))
     other = model(torch.randint(0, 64, (2, 4)), (), 1)[1]
     context = [ncp_mod.ContextItem((0, 0, 0), (-1, 0, 0), other), ncp_mod.ContextItem((0, 0, 1), (0, -1, 0), other)]
@@ -66,11 +70,12 @@ def test_context_and_order_change_the_prediction():
     assert (left - above).abs().max() > 1e-4          # the relative position matters
 
 
+@GEOMETRIES
 @pytest.mark.parametrize("order", ["down", "right"])
-def test_sampling_with_ncp_equals_recomputation_from_tokens(order):
+def test_sampling_with_ncp_equals_recomputation_from_tokens(order, rope_base):
     """Greedy generation with the pool (caches reused, expired ones removed) picks at every token the
     argmax of a from-scratch recomputation in which every context cache is rebuilt from the tokens."""
-    model = tiny_model(3, torch.float64)
+    model = tiny_model(3, torch.float64, rope_base=rope_base)
     extents = config.Extents(1, 1, 0)
     state = sampler.generate_canvas(model, 3, 3, order=order, extents=extents, temperature=0)
     canvas = state.tokens
@@ -81,10 +86,11 @@ def test_sampling_with_ncp_equals_recomputation_from_tokens(order):
         assert torch.equal(logits.argmax(-1), tokens)
 
 
-def test_full_extents_pool_equals_attending_to_all_previous_patches():
+@GEOMETRIES
+def test_full_extents_pool_equals_attending_to_all_previous_patches(rope_base):
     """With extents covering the canvas the NCP selects every previous patch: same tokens as a
     pool that never drops anything (removal only drops caches nobody can select)."""
-    model = tiny_model(4, torch.float64, trained_extents=config.Extents(3, 2, 0))
+    model = tiny_model(4, torch.float64, trained_extents=config.Extents(3, 2, 0), rope_base=rope_base)
     ext = config.Extents(3, 2, 0)
     kept = state_mod.plan_fill(state_mod.empty_state(model, 4, 3, extents=ext), "down")
     original = ncp_mod.NearbyContextPool.remove
@@ -112,8 +118,10 @@ def test_text_branch_conditions_tokens():
         tiny_model(0)(tokens, (), 0, text_a)
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = tiny_model(5, text_dim=12, trained_extents=config.Extents(2, 1, 1), patch_h=2, patch_w=3, heads=2)
+@GEOMETRIES
+def test_checkpoint_round_trip(tmp_path, rope_base):
+    model = tiny_model(5, text_dim=12, trained_extents=config.Extents(2, 1, 1), patch_h=2, patch_w=3, heads=2,
+                       rope_base=rope_base)
     model.tokenizer, model.factor = "taming.vqgan:(64, 8):abc", 16
     path = str(tmp_path / "inf.safetensors")
     checkpoint.save_infinity(model, path)
@@ -124,6 +132,10 @@ def test_checkpoint_round_trip(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     assert loaded.blocks[0].attn.rel_k.shape == (5 * 3 * 2, 32)
+    assert ("rope_base" in loaded.state_dict()) == bool(rope_base)
+    tokens = torch.randint(0, 64, (1, 6))
+    text = torch.randn(1, 3, 12)
+    torch.testing.assert_close(loaded(tokens, (), 1, text)[0], model(tokens, (), 1, text)[0], rtol=0, atol=0)
 
 
 def test_checkpoint_errors(tmp_path):

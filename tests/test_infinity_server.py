@@ -139,6 +139,11 @@ def test_stream_canvas_writes_a_tiled_tiff(comfy):
     outputs = comfy.run(graph)
     written = sorted((pathlib.Path(comfy.run_dir) / "output" / "stream").glob("wide_*.tif"))
     assert len(written) == 1
+    first = written[0].read_bytes()
+    graph["s"]["inputs"]["seed"] = 3                  # a new prompt with the same prefix: a new file
+    comfy.run(graph)
+    again = sorted((pathlib.Path(comfy.run_dir) / "output" / "stream").glob("wide_*.tif"))
+    assert len(again) == 2 and again[0] == written[0] and again[0].read_bytes() == first
     with tifffile.TiffFile(written[-1]) as tif:
         assert tif.pages[0].shape == (2 * PATCH_PX, 40 * PATCH_PX, 3)
         assert tif.pages[0].tilewidth == PATCH_PX

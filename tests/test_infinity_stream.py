@@ -10,6 +10,7 @@ from vq_tiny import tiny_vqgan
 
 stream = pack_module("nodes.infinity.stream")
 sampler = pack_module("nodes.infinity.sampler")
+BoundlessError = pack_module("nodes.common.errors").BoundlessError
 
 
 def test_streamed_file_matches_the_sampler_and_column_decodes(tmp_path):
@@ -29,6 +30,14 @@ def test_streamed_file_matches_the_sampler_and_column_decodes(tmp_path):
     for col in range(6):
         assert np.array_equal(pixels[:, col * 32:(col + 1) * 32], stream.decode_column(vqgan, result.state, col))
     assert seen[-1] == (12, 12) and result.preview.shape == (1, 64, 192, 3)
+
+
+def test_an_existing_file_is_never_replaced(tmp_path):
+    path = tmp_path / "taken.tif"
+    path.write_bytes(b"earlier work")
+    with pytest.raises(BoundlessError, match="already exists; nothing was overwritten"):
+        stream.stream_canvas(tiny_model(0), tiny_vqgan(0), str(path), cols=2, rows=1)
+    assert path.read_bytes() == b"earlier work"
 
 
 def test_interrupt_removes_the_partial_file(tmp_path):

@@ -69,3 +69,22 @@ def test_bad_requests_say_what_to_change(tmp_path):
         video.frames_to_uint8(torch.zeros(4, 4, 3))
     with pytest.raises(BoundlessError, match="empty"):
         video.frames_to_uint8(torch.zeros(0, 4, 4, 3))
+
+
+@pytest.mark.parametrize("quality", [1, 5, 9, 10, 100])
+def test_mp4_accepts_every_declared_quality(tmp_path, quality):
+    path = video.write_video(video.frames_to_uint8(solid_frames()), str(tmp_path / f"q{quality}.mp4"), fps=8,
+                             quality=quality)
+    assert read_frames(path).shape[0] == len(COLOURS)
+
+
+def test_a_failed_or_clashing_write_is_an_error_and_loses_nothing(tmp_path):
+    frames = video.frames_to_uint8(solid_frames())
+    with pytest.raises(BoundlessError, match="shorter or different filename_prefix"):
+        video.write_video(frames, str(tmp_path / ("x" * 306 + ".mp4")), fps=8)
+    assert list(tmp_path.iterdir()) == []
+    taken = tmp_path / "taken.gif"
+    taken.write_bytes(b"earlier work")
+    with pytest.raises(BoundlessError, match="already exists; nothing was overwritten"):
+        video.write_video(frames, str(taken), fps=8)
+    assert taken.read_bytes() == b"earlier work"

@@ -39,10 +39,11 @@ def pad_even(frames: np.ndarray) -> np.ndarray:
 
 
 def write_video(frames: np.ndarray, path: str, fps: float, loop_count: int = 0, quality: int = 90) -> str:
-    """Write uint8 ``[T, H, W, 3]`` frames to ``path``; the format follows the extension. Returns ``path``.
+    """Write uint8 ``[T, H, W, 3]`` frames to a *new* file ``path``; the format follows the extension.
 
-    ``quality`` 1..100: webp quality, mp4 quality (mapped to imageio-ffmpeg's 0..10 scale); gif is
-    palette-based and ignores it."""
+    ``quality`` 1..100: webp quality, mp4 quality (mapped onto imageio-ffmpeg's 1..10 scale); gif is
+    palette-based and ignores it. An existing file is never replaced, and a write that fails (the
+    ffmpeg binary only logs some failures) leaves no partial file and raises. Returns ``path``."""
     import imageio.v2 as iio2
     import imageio.v3 as iio
 
@@ -58,18 +59,37 @@ def write_video(frames: np.ndarray, path: str, fps: float, loop_count: int = 0, 
     frames = np.ascontiguousarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise BoundlessError(f"frames must be uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
+    reserve(path)
     duration_ms = 1000.0 / fps
-    if fmt == "mp4":
-        writer = iio2.get_writer(path, format="FFMPEG", fps=float(fps), codec="libx264", pixelformat="yuv420p",
-                                 quality=quality / 10.0, macro_block_size=1)
-        try:
-            for frame in pad_even(frames):
-                writer.append_data(frame)
-        finally:
-            writer.close()
-    elif fmt == "webp":
-        iio.imwrite(path, frames, is_batch=True, extension=".webp", duration=round(duration_ms), loop=loop_count,
-                    quality=quality)
-    else:
-        iio.imwrite(path, frames, is_batch=True, extension=".gif", duration=round(duration_ms), loop=loop_count)
+    try:
+        if fmt == "mp4":
+            writer = iio2.get_writer(path, format="FFMPEG", fps=float(fps), codec="libx264", pixelformat="yuv420p",
+                                     quality=1 + (quality - 1) * 9 / 99, macro_block_size=1)
+            try:
+                for frame in pad_even(frames):
+                    writer.append_data(frame)
+            finally:
+                writer.close()
+        elif fmt == "webp":
+            iio.imwrite(path, frames, is_batch=True, extension=".webp", duration=round(duration_ms),
+                        loop=loop_count, quality=quality)
+        else:
+            iio.imwrite(path, frames, is_batch=True, extension=".gif", duration=round(duration_ms), loop=loop_count)
+        if os.path.getsize(path) == 0:
+            raise OSError("the encoder wrote nothing")
+    except Exception as exc:
+        if os.path.exists(path):
+            os.remove(path)
+        raise BoundlessError(f"could not write the video {path}: {exc}") from exc
     return path
+
+
+def reserve(path: str) -> None:
+    """Create ``path`` empty, refusing an existing file or a name the file system cannot hold."""
+    try:
+        open(path, "xb").close()
+    except FileExistsError:
+        raise BoundlessError(f"{path} already exists; nothing was overwritten. Pick another filename_prefix") from None
+    except OSError as exc:
+        raise BoundlessError(f"cannot create {path}: {exc.strerror}; pick a shorter or different filename_prefix "
+                             "in a folder you can write to") from exc

@@ -53,7 +53,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> InfinityConfig:
                              f"{extents.cells} relative positions but the table has {cells}; the file is corrupt")
     return InfinityConfig(n_embed=n_embed, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, patch_h=patch_h,
                           patch_w=patch_w, trained_extents=extents, text_dim=text_dim, n_orders=n_orders,
-                          frame_align="frame_align.weight" in shapes)
+                          frame_align="frame_align.weight" in shapes,
+                          rope_base=int(state_dict["rope_base"]) if "rope_base" in shapes else 0)
 
 
 def build_model(cfg: InfinityConfig, state_dict: Optional[Mapping[str, torch.Tensor]] = None,

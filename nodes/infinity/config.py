@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 from ..common.errors import BoundlessError
+from . import rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,8 @@ class InfinityConfig:
     text_dim: width of the text context for cross-attention; 0 means no text branch.
     frame_align: video models only: every token position also receives the previous frame's state
     of the same token position (see ``model.InfinityTransformer.aligned_input``).
+    rope_base: token geometry (``rope``): queries and keys of own and context tokens are rotated by
+    their canvas coordinates with this frequency base; 0 = off (models trained before it existed).
     """
 
     n_embed: int = 16384
@@ -75,6 +78,7 @@ class InfinityConfig:
     text_dim: int = 0
     n_orders: int = N_ORDERS
     frame_align: bool = False
+    rope_base: int = 0
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -83,6 +87,10 @@ class InfinityConfig:
         for name in ("n_embed", "dim", "depth", "heads", "mlp_dim", "patch_h", "patch_w"):
             if getattr(self, name) < 1:
                 raise BoundlessError(f"config {name} must be at least 1, got {getattr(self, name)}")
+        if self.rope_base < 0:
+            raise BoundlessError(f"rope_base must be 0 (off) or positive, got {self.rope_base}")
+        if self.rope_base:
+            rope.check_head_dim(self.head_dim, self.rope_axes)
         if self.frame_align and not self.trained_extents.f:
             raise BoundlessError("frame alignment needs a video model with a frame axis (trained extent e_f >= 1), "
                                  f"got extents {self.trained_extents.as_tuple()}")
@@ -95,12 +103,18 @@ class InfinityConfig:
     def head_dim(self) -> int:
         return self.dim // self.heads
 
+    @property
+    def rope_axes(self) -> int:
+        return rope.axes_of(self.trained_extents.f)
+
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["trained_extents"] = list(self.trained_extents.as_tuple())
+        # Files from before these options lack the fields; leaving them out keeps their fingerprints.
         if not self.frame_align:
-            # Files from before the option lack the field; leaving it out keeps their fingerprints.
             del data["frame_align"]
+        if not self.rope_base:
+            del data["rope_base"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..common.errors import BoundlessError
+from . import rope
 from .adc import center_index, relative_index
 from .config import Extents, InfinityConfig
 from .ncp import ContextItem, PatchCache
@@ -73,18 +74,25 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x_bsd).chunk(3, dim=-1)
         return split_heads(q, self.heads), k, v
 
-    def context(self, hidden_bnd: torch.Tensor, rel_n: torch.Tensor) -> LayerKV:
-        """Keys/values of cached context states, shifted by their relative-position rows, split into heads."""
+    def context(self, hidden_bnd: torch.Tensor, rel_n: torch.Tensor, theta_nr: Optional[torch.Tensor]) -> LayerKV:
+        """Keys/values of cached context states, shifted by their relative-position rows (and rotated
+        by their canvas coordinates with token geometry), split into heads."""
         dim = hidden_bnd.shape[-1]
         keys, values = F.linear(hidden_bnd, self.qkv.weight[dim:], self.qkv.bias[dim:]).chunk(2, dim=-1)
-        return (split_heads(keys + self.rel_k[rel_n], self.heads),
-                split_heads(values + self.rel_v[rel_n], self.heads))
+        keys = split_heads(keys + self.rel_k[rel_n], self.heads)
+        if theta_nr is not None:
+            keys = rope.rotate(keys, theta_nr)
+        return keys, split_heads(values + self.rel_v[rel_n], self.heads)
 
-    def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int) -> torch.Tensor:
-        """Teacher-forced pass over a whole (normalised) prefix."""
+    def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int,
+                theta: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Teacher-forced pass over a whole (normalised) prefix; ``theta``: own query/key angles or None."""
         q, k, v = self.project(x_bsd)
         k_own = split_heads(k + self.rel_k[center], self.heads)
         v_own = split_heads(v + self.rel_v[center], self.heads)
+        if theta is not None:
+            s = x_bsd.shape[1]
+            q, k_own = rope.rotate(q, theta[0][:s]), rope.rotate(k_own, theta[1][:s])
         if context is None:
             out = F.scaled_dot_product_attention(q, k_own, v_own, is_causal=True)
         else:
@@ -139,10 +147,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = MLP(cfg)
 
-    def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV]):
+    def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV], theta=None):
         """Returns the block output and the attention's normalised input (the NCP cache entry)."""
         h_bsd = self.norm1(x_bsd)
-        x_bsd = x_bsd + self.attn(h_bsd, context, center)
+        x_bsd = x_bsd + self.attn(h_bsd, context, center, theta)
         if text is not None:
             x_bsd = x_bsd + self.cross(self.norm_text(x_bsd), text)
         return x_bsd + self.mlp(self.norm2(x_bsd)), h_bsd
@@ -163,6 +171,9 @@ class InfinityTransformer(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.n_embed)
         if cfg.frame_align:
             self.frame_align = nn.Linear(cfg.dim, cfg.dim)
+        if cfg.rope_base:
+            self.register_buffer("rope_base", torch.tensor(cfg.rope_base, dtype=torch.int64))
+        self._own_theta: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         # Integers the shapes cannot tell; saved with the weights so a checkpoint is self-describing.
         self.register_buffer("patch_shape", torch.tensor([cfg.patch_h, cfg.patch_w], dtype=torch.int64))
         self.register_buffer("trained_extents", torch.tensor(cfg.trained_extents.as_tuple(), dtype=torch.int64))
@@ -208,18 +219,37 @@ class InfinityTransformer(nn.Module):
             self._fingerprint = f"infinity:{digest.hexdigest()[:16]}"
         return self._fingerprint
 
+    # -- token geometry ---------------------------------------------------------------------------
+    def own_theta(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Rotation angles ``[T + 1, head_dim / 2]`` of the current patch's queries and keys (float32,
+        made once per device), or None for a model without token geometry."""
+        cfg = self.config
+        if not cfg.rope_base:
+            return None
+        device = self.pos_emb.device
+        if device not in self._own_theta:
+            q_coords, k_coords = rope.own_coords(cfg.tokens_per_patch, cfg.patch_w, device)
+            self._own_theta[device] = tuple(rope.angles(c, cfg.head_dim, cfg.rope_axes, cfg.rope_base)
+                                            for c in (q_coords, k_coords))
+        return self._own_theta[device]
+
     # -- conditioning -----------------------------------------------------------------------------
     def prepare_context(self, context: Sequence[ContextItem]) -> list[Optional[LayerKV]]:
-        """Per-layer context keys/values (relative rows added) of the selected NCP patches."""
+        """Per-layer context keys/values (relative rows added, rotated by canvas coordinates with
+        token geometry) of the selected NCP patches."""
         if not context:
             return [None] * len(self.blocks)
-        trained = self.config.trained_extents
-        t = self.config.tokens_per_patch
+        cfg = self.config
+        t = cfg.tokens_per_patch
         device = self.pos_emb.device
         hidden = torch.cat([item.cache.hidden for item in context], dim=2).to(device, self.pos_emb.dtype)
-        rel_n = torch.tensor([relative_index(item.offset, trained) for item in context],
+        rel_n = torch.tensor([relative_index(item.offset, cfg.trained_extents) for item in context],
                              device=device).repeat_interleave(t)                     # [N*T]
-        return [block.attn.context(hidden[layer], rel_n) for layer, block in enumerate(self.blocks)]
+        theta_nr = None
+        if cfg.rope_base:
+            coords = rope.context_coords([item.offset for item in context], cfg.patch_h, cfg.patch_w, device)
+            theta_nr = rope.angles(coords, cfg.head_dim, cfg.rope_axes, cfg.rope_base)
+        return [block.attn.context(hidden[layer], rel_n, theta_nr) for layer, block in enumerate(self.blocks)]
 
     def aligned_input(self, context: Sequence[ContextItem]) -> Optional[torch.Tensor]:
         """Input shift ``[B, T, dim]`` of each token position from the previous frame (frame alignment).
@@ -278,8 +308,9 @@ class InfinityTransformer(nn.Module):
             n = min(x.shape[1], t)            # position j predicts token j: it gets token j's shift
             x = torch.cat([x[:, :n] + aligned_btd[:, :n], x[:, n:]], dim=1)
         hidden = []
+        theta = self.own_theta()
         for block, ctx, txt in zip(self.blocks, contexts, texts):
-            x, h = block(x, ctx, center, txt)
+            x, h = block(x, ctx, center, txt, theta)
             hidden.append(h[:, 1:])
         logits = self.head(self.norm(x[:, :t]))
         return logits, PatchCache(torch.stack(hidden))
@@ -321,6 +352,7 @@ class PatchDecoder:
         # The current patch's own keys/values get the centre row of the relative table.
         self.shift_k = [block.attn.rel_k[self.center].detach() for block in model.blocks]
         self.shift_v = [block.attn.rel_v[self.center].detach() for block in model.blocks]
+        self.theta = model.own_theta()                                            # rope angles or None
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
         self.batch = batch
         self.fed = 0
@@ -342,15 +374,18 @@ class PatchDecoder:
         if self.aligned is not None and s < self.t:
             x = x + self.aligned[:, s:s + 1]
         end = self.n_ctx + s + 1
-        slot = (self.batch, self.heads, self.head_dim)
         last_layer = len(model.blocks) - 1
         for layer, (block, txt) in enumerate(zip(model.blocks, self.texts)):
             attn = block.attn
             h = block.norm1(x)
             self.hidden[layer, :, s] = h[:, 0]
             q, k, v = attn.project(h)                                              # k, v [B, 1, dim]
-            self.k_buf[layer][:, :, end - 1] = (k[:, 0] + self.shift_k[layer]).view(slot)
-            self.v_buf[layer][:, :, end - 1] = (v[:, 0] + self.shift_v[layer]).view(slot)
+            k_bh1d = split_heads(k + self.shift_k[layer], self.heads)
+            if self.theta is not None:
+                q = rope.rotate(q, self.theta[0][s:s + 1])
+                k_bh1d = rope.rotate(k_bh1d, self.theta[1][s:s + 1])
+            self.k_buf[layer][:, :, end - 1:end] = k_bh1d
+            self.v_buf[layer][:, :, end - 1:end] = split_heads(v + self.shift_v[layer], self.heads)
             if s == self.t and layer == last_layer:
                 break                      # the last token is fed only for its keys/values
             out = F.scaled_dot_product_attention(q, self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end])

@@ -424,7 +424,8 @@ class InfinityStreamCanvas(io.ComfyNode):
             raise BoundlessError("this VQGAN is not the one the Infinity model was trained with; connect that one")
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory())
-        path = os.path.join(folder, f"{name}_{counter:05}.tif")
+        # ComfyUI's counter only recognises "name_00001_.ext", so that is the pattern to use.
+        path = os.path.join(folder, f"{name}_{counter:05}_.tif")
         result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,
                                temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f), text=condition,
                                progress=comfy_glue.progress_reporter(width_patches * height_patches))

@@ -81,11 +81,20 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
         while (tile := tiles.get()) is not None:
             yield tile
 
+    try:
+        handle = open(path, "xb")          # never replace a file that is already there
+    except FileExistsError:
+        raise BoundlessError(f"{path} already exists; nothing was overwritten. Pick another filename_prefix") from None
+    except OSError as exc:
+        raise BoundlessError(f"cannot create {path}: {exc.strerror}; pick a shorter or different filename_prefix "
+                             "in a folder you can write to") from exc
+
     def writer() -> None:
         try:
-            tifffile.imwrite(path, data=pending(), shape=(height, width, 3), dtype=np.uint8,
-                             tile=(height, patch_px[1]), photometric="rgb", compression="zlib",
-                             bigtiff=height * width * 3 > 2**31)
+            with handle:
+                tifffile.imwrite(handle, data=pending(), shape=(height, width, 3), dtype=np.uint8,
+                                 tile=(height, patch_px[1]), photometric="rgb", compression="zlib",
+                                 bigtiff=height * width * 3 > 2**31)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             failure.append(exc)
             while not finished.is_set():     # keep draining so the producer never blocks on put

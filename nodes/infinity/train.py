@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..common.errors import BoundlessError
 from ..common.tokens import fingerprint
+from . import rope
 from .adc import ORDERS
 from .checkpoint import add_frame_align, add_text_branch, load_infinity, save_infinity
 from .config import Extents, InfinityConfig
@@ -154,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--frame-align", action="store_true",
                       help="video: give each token position the previous frame's state of the same position "
                            "(added to a --resume model as a no-op if it lacks it)")
+    size.add_argument("--rope-base", type=int, default=rope.DEFAULT_BASE,
+                      help="token geometry: rotary embeddings on canvas coordinates with this base, so each patch "
+                           "finds the neighbouring tokens it continues (0 = the older design without it; a "
+                           "--resume model keeps what it was trained with)")
     size.add_argument("--n-embed", type=int, default=0, help="codebook size (default: max token + 1)")
     run = p.add_argument_group("training")
     run.add_argument("--canvas", type=int, nargs=2, default=(4, 4), metavar=("COLS", "ROWS"),
@@ -207,7 +212,8 @@ def main(argv=None) -> InfinityTransformer:
         cfg = InfinityConfig(n_embed=n_embed, dim=args.dim, depth=args.depth, heads=args.heads,
                              mlp_dim=args.mlp_dim or 4 * args.dim, patch_h=patch_h, patch_w=patch_w,
                              trained_extents=Extents(*args.extents),
-                             text_dim=0 if texts is None else int(texts.shape[-1]), frame_align=args.frame_align)
+                             text_dim=0 if texts is None else int(texts.shape[-1]), frame_align=args.frame_align,
+                             rope_base=args.rope_base)
         model = InfinityTransformer(cfg)
     cfg = model.config
     model.tokenizer, model.factor = tokenizer or model.tokenizer, factor or model.factor

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""NUWA-Infinity continuity and quality on material the models never trained on.
+
+For each model given (``--model NAME=PATH``, default the shipped panorama demo model), in one run:
+
+* **Generation** (the Generate Canvas node's defaults: order ``right``, temperature 1, top-k 64,
+  extents 1/1/0): ``--canvases`` canvases of 8×2 patches. Seam ratio at vertical and horizontal patch
+  boundaries (``metrics.seam_ratio``; also against the other token boundaries only), never-seen token
+  pairs across boundaries vs inside patches (reference: the codes of the training pictures), FED/KID
+  of 256-px crops against crops of the held-out pictures, seconds per patch.
+* **Outpainting** of the held-out right quarter of the demo's pictures (``train_infinity_demo.HELD_OUT``;
+  both sky panoramas at both training sizes, each also mirrored so that it is outpainted to the left):
+  4 patch columns of context, 2 patch columns continued, ``--seeds`` seeds each. PSNR over the
+  continuation and over its first patch column, mean-colour error, FED/KID of the continuations
+  against the truth, and the step at the context/continuation column ÷ the mean step at the other
+  token boundaries.
+  Beside it, baselines built in token space and decoded by the same VQGAN: mirror the context's
+  tokens about its edge, repeat its last token column, tile its last two patch columns; and the
+  round-trip of the truth (the ceiling).
+
+The references: the same seam ratios of the VQGAN round-trip of the real pictures, the never-seen
+pair shares of the held-out pictures' own codes, and the FED/KID of the held-out round-trip.
+Prints JSON. Run: ``.venv/bin/python bench/infinity_quality.py [--model old=a.safetensors --model new=b.safetensors]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
+import metrics  # noqa: E402
+from packpath import pack_module  # noqa: E402
+from train_infinity_demo import OUT as DEMO_MODEL, SOURCES, VQGAN as DEMO_VQGAN, source_image, split_column  # noqa: E402
+
+checkpoint = pack_module("nodes.infinity.checkpoint")
+sampler = pack_module("nodes.infinity.sampler")
+state_mod = pack_module("nodes.infinity.state")
+config_mod = pack_module("nodes.infinity.config")
+vq_loader = pack_module("nodes.vq.loader")
+
+HEIGHT = 512            # two 256-px patch rows
+CONTEXT_COLS, CONTINUE_COLS = 4, 2
+EXTENTS = config_mod.Extents(1, 1, 0)
+SAMPLING = dict(temperature=1.0, top_k=64)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)          # [H, W, 3] in [0, 1]
+
+
+def pictures() -> list[tuple[str, Image.Image, int]]:
+    """(name, 512-px-high picture, first held-out column) of every training size; rows as in training."""
+    found = []
+    for name, sizes in SOURCES.items():
+        for width, height in sizes:
+            image = source_image(name, width, height)
+            top = (height - height // 256 * 256) // 2          # the trainer's centre crop to whole patches
+            found.append((f"{name}_{width}", image.crop((0, top, width, top + HEIGHT)), split_column(width)))
+    return found
+
+
+class Tokenizer:
+    def __init__(self, vqgan):
+        self.vqgan = vqgan
+
+    @torch.no_grad()
+    def encode(self, image_hw3: torch.Tensor) -> torch.Tensor:
+        return self.vqgan.encode_indices(image_hw3.permute(2, 0, 1)[None] * 2 - 1)[0]
+
+    @torch.no_grad()
+    def decode(self, tokens_hw: torch.Tensor) -> torch.Tensor:
+        return ((self.vqgan.decode_indices(tokens_hw[None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
+
+
+def outpaint_cases(tok: Tokenizer, patch_px: int) -> list[dict]:
+    """Context pixels/tokens and the true continuation, for both directions, on the held-out quarter."""
+    cases = []
+    ctx_px, cont_px = CONTEXT_COLS * patch_px, CONTINUE_COLS * patch_px
+    for name, image, split in pictures():
+        if image.width - split < cont_px:
+            continue                                            # the coast's held-out strip is too narrow
+        for mirrored in (False, True):
+            picture = to_tensor(ImageOps.mirror(image) if mirrored else image)
+            if not mirrored:
+                context, truth = picture[:, split - ctx_px:split], picture[:, split:split + cont_px]
+            else:
+                edge = image.width - split
+                context, truth = picture[:, edge:edge + ctx_px], picture[:, edge - cont_px:edge]
+            cases.append({"name": name + ("_mirror" if mirrored else ""), "direction": "left" if mirrored else "right",
+                          "context": context, "truth": truth, "context_tokens": tok.encode(context)})
+    return cases
+
+
+def assemble(context: torch.Tensor, continuation: torch.Tensor, direction: str) -> torch.Tensor:
+    """Context and continuation side by side (either tokens or pixels), in canvas order."""
+    return torch.cat([context, continuation] if direction == "right" else [continuation, context], dim=1)
+
+
+def token_baseline(kind: str, context_hw: torch.Tensor, width: int, patch_w: int, direction: str) -> torch.Tensor:
+    """Continuation tokens ``[h, width]`` made from the context alone (built as if extending to the right)."""
+    ctx = context_hw if direction == "right" else context_hw.flip(-1)
+    if kind == "mirror":
+        cont = ctx.flip(-1)[:, :width]
+    elif kind == "repeat":
+        cont = ctx[:, -1:].expand(-1, width)
+    else:                                                       # tile the last patch columns
+        cont = ctx[:, -CONTINUE_COLS * patch_w:].repeat(1, width // (CONTINUE_COLS * patch_w) + 1)[:, :width]
+    return cont if direction == "right" else cont.flip(-1)
+
+
+def junction_ratio(canvas_hw3: torch.Tensor, x: int, token_px: int) -> float:
+    """Step at column x ÷ mean step at the canvas's other token-boundary columns.
+
+    Against the other token boundaries, not every column: the decoder's token grid (and the JPEG
+    blocking of the source pictures, which a round-trip partly keeps) makes every boundary column
+    step more than the columns inside tokens."""
+    steps = metrics.column_steps(canvas_hw3)
+    columns = torch.arange(1, steps.shape[0] + 1)
+    others = (columns % token_px == 0) & (columns != x)
+    return float(steps[x - 1] / steps[others].mean())
+
+
+def score_outpaint(tok: Tokenizer, case: dict, cont_tokens: torch.Tensor, patch_px: int) -> tuple[dict, torch.Tensor]:
+    """Scores of one continuation against the truth, and its pixels."""
+    direction = case["direction"]
+    canvas = tok.decode(assemble(case["context_tokens"], cont_tokens, direction))
+    ctx_w = case["context"].shape[1]
+    if direction == "right":
+        cont, x, first = canvas[:, ctx_w:], ctx_w, slice(0, patch_px)
+    else:
+        cont_w = canvas.shape[1] - ctx_w
+        cont, x, first = canvas[:, :cont_w], cont_w, slice(cont_w - patch_px, cont_w)
+    truth = case["truth"]
+    return ({"psnr": metrics.psnr(cont, truth), "psnr_first_column": metrics.psnr(cont[:, first], truth[:, first]),
+             "mean_colour_error": metrics.mean_colour_error(cont, truth), "junction_step_ratio": junction_ratio(canvas, x, tok.vqgan.factor)},
+            cont)
+
+
+def summarise(rows: list[dict], crops_feat: np.ndarray, truth_feat: np.ndarray) -> dict:
+    out = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]}
+    out["fed"] = round(metrics.frechet_distance(crops_feat, truth_feat), 2)
+    kid, spread = metrics.kernel_inception_distance(crops_feat, truth_feat)
+    out["kid_x1e3"], out["kid_spread"] = round(kid, 2), round(spread, 2)
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", default=[], help="NAME=PATH of a NUWA-Infinity model (repeatable)")
+    p.add_argument("--vqgan", default=str(DEMO_VQGAN))
+    p.add_argument("--canvases", type=int, default=16, help="unconditional canvases of 8×2 patches per model")
+    p.add_argument("--seeds", type=int, default=4, help="outpainting seeds per case")
+    p.add_argument("--max-crops", type=int, default=400, help="256-px crops per set for FED/KID")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-examples", type=pathlib.Path, help="write one canvas and one outpainting per model here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = dict(item.split("=", 1) for item in args.model) or {"shipped": str(DEMO_MODEL)}
+    vqgan = vq_loader.load_vqgan(args.vqgan).eval()
+    tok = Tokenizer(vqgan)
+    features = metrics.Features()
+    rng = np.random.default_rng(0)
+
+    def feats(images: list[torch.Tensor]) -> np.ndarray:
+        chosen = [images[i] for i in sorted(rng.choice(len(images), min(len(images), args.max_crops), replace=False))]
+        return features(chosen)
+
+    # -- references ---------------------------------------------------------------------------------
+    first = checkpoint.load_infinity(next(iter(models.values())))
+    ph, pw = first.config.patch_h, first.config.patch_w
+    patch_px = pw * vqgan.factor
+    real = pictures()
+    round_trips = [tok.decode(tok.encode(to_tensor(image))) for _, image, _ in real]
+    held_out = [to_tensor(image)[:, split:] for _, image, split in real if image.width - split >= 256]
+    held_out += [h.flip(1) for h in held_out]
+    held_crops = [c for h in held_out for c in metrics.crops(h)]
+    held_feat = feats(held_crops)
+    held_rt_feat = feats([c for h in held_out for c in metrics.crops(tok.decode(tok.encode(h)))])
+    train_maps, held_maps = [], []
+    for _, image, split in real:
+        picture = to_tensor(image)
+        for part, bucket in ((picture[:, :split], train_maps), (picture[:, split:], held_maps)):
+            tokens = tok.encode(part)
+            bucket += [tokens, tokens.flip(-1)] if bucket is train_maps else [tokens]
+    reference_h, reference_v = metrics.pair_set(train_maps, "horizontal"), metrics.pair_set(train_maps, "vertical")
+    half = len(held_crops) // 2
+    result = {"config": {"canvases": args.canvases, "seeds": args.seeds, "max_crops": args.max_crops,
+                         "threads": args.threads, "patch_px": patch_px},
+              "reference": {
+                  "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
+                  "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),
+                  "round_trip_seam_vertical_vs_token_boundaries": round(
+                      metrics.seam_ratio(round_trips, patch_px, "vertical", vqgan.factor), 3),
+                  "held_out_never_seen_h": metrics.never_seen_pairs(held_maps, reference_h, pw, "horizontal"),
+                  "held_out_never_seen_v": metrics.never_seen_pairs(held_maps, reference_v, ph, "vertical"),
+                  "fed_real_vs_real": round(metrics.frechet_distance(features(held_crops[:half]),
+                                                                     features(held_crops[half:])), 2),
+                  "fed_round_trip_vs_real": round(metrics.frechet_distance(held_rt_feat, held_feat), 2),
+                  "kid_round_trip_vs_real_x1e3": round(metrics.kernel_inception_distance(held_rt_feat, held_feat)[0], 2),
+                  "n_held_out_crops": len(held_crops)}}
+
+    # -- outpainting baselines -------------------------------------------------------------------------
+    cases = outpaint_cases(tok, patch_px)
+    truth_feat = features([c for case in cases for c in metrics.crops(case["truth"])])
+    outpaint = {}
+    for kind in ("mirror", "repeat", "tile", "truth_round_trip"):
+        rows, conts = [], []
+        for case in cases:
+            width = CONTINUE_COLS * pw
+            if kind == "truth_round_trip":
+                whole = tok.encode(assemble(case["context"], case["truth"], case["direction"]))
+                cont_tokens = whole[:, -width:] if case["direction"] == "right" else whole[:, :width]
+            else:
+                cont_tokens = token_baseline(kind, case["context_tokens"], width, pw, case["direction"])
+            row, cont = score_outpaint(tok, case, cont_tokens, patch_px)
+            rows.append(row)
+            conts += metrics.crops(cont)
+        outpaint[kind] = summarise(rows, feats(conts), truth_feat)
+    result["outpaint_baselines"] = outpaint
+
+    # -- each model ------------------------------------------------------------------------------------
+    for name, path in models.items():
+        model = checkpoint.load_infinity(path).eval()
+        canvases, started, patches = [], time.perf_counter(), 0
+        for seed in range(args.canvases):
+            state = sampler.generate_canvas(model, 8, 2, order="right", extents=EXTENTS, seed=seed, **SAMPLING)
+            patches += 16
+            canvases.append(state.tokens[0, 0])
+        seconds_per_patch = (time.perf_counter() - started) / patches
+        images = [tok.decode(tokens) for tokens in canvases]
+        gen_feat = feats([c for image in images for c in metrics.crops(image)])
+        kid, spread = metrics.kernel_inception_distance(gen_feat, held_feat)
+        generation = {
+            "seam_vertical": round(metrics.seam_ratio(images, patch_px, "vertical"), 3),
+            "seam_horizontal": round(metrics.seam_ratio(images, patch_px, "horizontal"), 3),
+            "seam_vertical_vs_token_boundaries": round(metrics.seam_ratio(images, patch_px, "vertical", vqgan.factor), 3),
+            "never_seen_h": metrics.never_seen_pairs(canvases, reference_h, pw, "horizontal"),
+            "never_seen_v": metrics.never_seen_pairs(canvases, reference_v, ph, "vertical"),
+            "fed_vs_held_out": round(metrics.frechet_distance(gen_feat, held_feat), 2),
+            "kid_vs_held_out_x1e3": round(kid, 2), "kid_spread": round(spread, 2),
+            "seconds_per_patch": round(seconds_per_patch, 4)}
+        rows, conts, examples = [], [], []
+        for case in cases:
+            state = state_mod.state_from_tokens(model, case["context_tokens"][None], extents=EXTENTS)
+            for seed in range(args.seeds):
+                grown = sampler.outpaint(model, state, case["direction"], CONTINUE_COLS, seed=seed, **SAMPLING)
+                tokens = grown.tokens[0, 0]
+                width = CONTINUE_COLS * pw
+                cont_tokens = tokens[:, -width:] if case["direction"] == "right" else tokens[:, :width]
+                row, cont = score_outpaint(tok, case, cont_tokens, patch_px)
+                rows.append(row)
+                conts += metrics.crops(cont)
+                if seed == 0 and len(examples) < 2:
+                    examples.append(tok.decode(tokens))
+        result[name] = {"generation": generation, "outpaint": summarise(rows, feats(conts), truth_feat)}
+        print(json.dumps({name: result[name]}), flush=True)
+        if args.save_examples:
+            args.save_examples.mkdir(parents=True, exist_ok=True)
+            for kind, shown in (("canvas", images[:2]), ("outpaint", examples)):
+                for i, image in enumerate(shown):
+                    Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(
+                        args.save_examples / f"{name}_{kind}_{i}.png")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The quality measures of bench/metrics.py on inputs whose answer is known."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from packpath import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import metrics  # noqa: E402
+
+
+def test_seam_ratio_sees_a_step_at_patch_starts_only():
+    torch.manual_seed(0)
+    noise = torch.rand(64, 96, 3)
+    assert metrics.seam_ratio([noise], 32) == pytest.approx(1.0, abs=0.15)
+    seamed = noise * 0.2
+    seamed[:, 32:64] += 0.5                          # two patch boundaries (x = 32, 64) with a step of 0.5
+    assert metrics.seam_ratio([seamed], 32) > 3
+    assert metrics.seam_ratio([seamed], 32, "horizontal") == pytest.approx(1.0, abs=0.2)
+    assert metrics.seam_ratio([seamed.transpose(0, 1)], 32, "horizontal") > 3
+    # against token boundaries only: a token grid (every 8 px) that steps as much as the patch starts
+    grid = torch.zeros(16, 64, 3)
+    grid[:, ::16] = 1.0                              # steps at every x = 16k and 16k + 1
+    assert metrics.seam_ratio([grid], 32, token_px=16) == pytest.approx(1.0)
+    assert metrics.seam_ratio([grid], 32) > 5
+
+
+def test_never_seen_pairs_split_across_and_inside_patches():
+    reference = {(0, 1), (1, 0)}
+    tokens = torch.tensor([[0, 1, 2, 3]])            # patch 2: pairs (0,1) (2,3) inside, (1,2) across
+    shares = metrics.never_seen_pairs([tokens], reference, 2)
+    assert shares == {"across_boundaries": 1.0, "inside_patches": 0.5}
+    assert metrics.pair_set([tokens]) == {(0, 1), (1, 2), (2, 3)}
+    assert metrics.pair_set([tokens.t()], "vertical") == {(0, 1), (1, 2), (2, 3)}
+    assert metrics.never_seen_pairs([tokens.t()], reference, 2, "vertical") == shares
+
+
+def test_psnr_and_colour_error():
+    a = torch.full((4, 4, 3), 0.5)
+    assert metrics.psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-4)
+    b = a.clone()
+    b[..., 0] += 0.3
+    assert metrics.mean_colour_error(a, b) == pytest.approx(0.1, abs=1e-6)
+    assert len(metrics.crops(torch.zeros(512, 768, 3), 256, 64)) == 5 * 9
+
+
+def test_frechet_and_kernel_distances():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    shifted = b + 2.0
+    assert metrics.frechet_distance(a, b) < 0.5
+    assert metrics.frechet_distance(a, shifted) == pytest.approx(4 * 8, rel=0.1)     # |Δμ|² = 8 · 2²
+    same, _ = metrics.kernel_inception_distance(a, b)
+    far, _ = metrics.kernel_inception_distance(a, shifted)
+    assert abs(same) < 0.1 * far and far > 0
