@@ -22,21 +22,30 @@ MODEL_FOLDERS = ("vqgan", "pixel_guide", "paella", "var", "infinity", "story")
 PACK_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
 
 
-def register_model_folders() -> None:
-    """Register models/<kind> for each kind, listing weight files only, plus the pack's bundled models.
+def register_folder(kind: str, extensions=None) -> None:
+    """Make ``models/<kind>`` list files with ``extensions`` (default: ComfyUI's weight extensions).
 
-    A new name given to ``add_model_folder_path`` would list every file (empty extension set), so
-    we create the entry ourselves with ComfyUI's weight extensions; an entry that already exists
-    (from extra_model_paths.yaml) is extended, never overwritten.
+    ComfyUI reads extra_model_paths.yaml before custom nodes load, and a kind named there arrives
+    as an entry holding only the user's folders and *no* extension filter (every file listed). So an
+    existing entry keeps the user's folders and gains ``models/<kind>`` beside them, and an empty
+    filter gets ours; a filter someone else set (another pack) is left alone.
     """
+    wanted = set(extensions if extensions is not None else folder_paths.supported_pt_extensions)
+    default = os.path.join(folder_paths.models_dir, kind)
+    if kind not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[kind] = ([default], wanted)
+        return
+    paths, exts = folder_paths.folder_names_and_paths[kind]
+    if default not in paths:
+        paths.append(default)
+    if not exts:
+        exts.update(wanted)
+
+
+def register_model_folders() -> None:
+    """Register models/<kind> for each of the pack's kinds, plus the pack's bundled models."""
     for kind in MODEL_FOLDERS:
-        default = os.path.join(folder_paths.models_dir, kind)
-        if kind not in folder_paths.folder_names_and_paths:
-            folder_paths.folder_names_and_paths[kind] = ([default], set(folder_paths.supported_pt_extensions))
-        else:
-            paths, exts = folder_paths.folder_names_and_paths[kind]
-            if not exts:
-                exts.update(folder_paths.supported_pt_extensions)
+        register_folder(kind)
         bundled = os.path.join(PACK_MODELS_DIR, kind)
         if os.path.isdir(bundled):
             folder_paths.add_model_folder_path(kind, bundled)

@@ -7,7 +7,6 @@ checkpoint can never silently run the v3 sampler.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from comfy_api.latest import io
@@ -33,14 +32,7 @@ EMBEDDINGS_FOLDER = "paella_embeddings"
 NO_FILE = "none"
 
 
-def _register_embeddings_folder() -> None:
-    """models/paella_embeddings lists .safetensors only (never overwriting a user's own entry)."""
-    if EMBEDDINGS_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[EMBEDDINGS_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, EMBEDDINGS_FOLDER)], {".safetensors"})
-
-
-_register_embeddings_folder()
+comfy_glue.register_folder(EMBEDDINGS_FOLDER, {".safetensors"})
 
 
 def _embedding_files() -> list[str]:

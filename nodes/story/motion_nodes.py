@@ -38,14 +38,7 @@ UNCOND = ("zero image embedding (IP-Adapter)", "text only")
 IPADAPTER_FOLDER = "ipadapter"
 
 
-def register_ipadapter_folder() -> None:
-    """models/ipadapter (where IP-Adapter files usually live), weight files only; kept if already set."""
-    if IPADAPTER_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[IPADAPTER_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, IPADAPTER_FOLDER)], set(folder_paths.supported_pt_extensions))
-
-
-register_ipadapter_folder()
+comfy_glue.register_folder(IPADAPTER_FOLDER)        # models/ipadapter, where IP-Adapter files usually live
 
 
 @dataclasses.dataclass
