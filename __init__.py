@@ -18,7 +18,7 @@ except ImportError:
 else:
     def _node_classes() -> list[type[io.ComfyNode]]:
         """Every system's ``nodes.NODES``; a system that fails to import is logged, the rest still load."""
-        from .nodes.common import comfy_glue
+        from .nodes.common import comfy_glue, validation
         comfy_glue.register_model_folders()
         classes = []
         for name in NODE_MODULES:
@@ -27,7 +27,7 @@ else:
             except Exception:  # noqa: BLE001 - keep the other systems usable
                 logging.exception("[Boundless] could not import the %s nodes", name)
                 continue
-            classes.extend(module.NODES)
+            classes.extend(validation.guard(node) for node in module.NODES)
         return classes
 
     class BoundlessExtension(ComfyExtension):

@@ -268,3 +268,17 @@ def test_text_errors_reach_the_user(comfy):
                            (text_on_plain, "no text branch; disconnect 'text'")]:
         with pytest.raises(PromptError, match=message):
             comfy.run(graph)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"order": "RIGHT"}, r"order = 'RIGHT' is not one of the choices: 'right', 'left', 'down', 'up'"),
+    ({"order": ""}, r"order = '' is not one of the choices"),
+    ({"temperature": float("nan")}, r"temperature must be a finite number, got nan"),
+])
+def test_choices_and_numbers_are_checked_before_running(comfy, change, message):
+    """ComfyUI does not check V3 choices or NaN (infinity fails its min/max check): the pack does, with the
+    valid values in the message."""
+    graph = image_graph(2, 1)
+    graph["g"]["inputs"].update(change)
+    with pytest.raises(PromptError, match=f"BoundlessError: .*{message}"):
+        comfy.run(graph)

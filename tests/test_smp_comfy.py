@@ -125,15 +125,25 @@ def test_predict_encodes_start_and_end_and_counts_frames(env):
     assert (motion.embeds[1:4] - linear.embeds[1:4]).abs().max() > 1e-4   # the predictor is not linear
 
 
-def test_predict_from_an_embeddings_file(env, tmp_path):
+def test_predict_from_an_embeddings_file(env, tmp_path, monkeypatch):
+    import folder_paths
     from safetensors.torch import save_file
     nodes = env["nodes"]
+    BoundlessError = pack_module("nodes.common.errors").BoundlessError
+    folder = tmp_path / "motion_embeddings"
+    folder.mkdir()
     keyframes = torch.randn(2, smp_tiny.EMBED_DIM)
-    save_file({"image_embeds": keyframes}, str(tmp_path / "keys.safetensors"))
+    save_file({"image_embeds": keyframes}, str(folder / "keys.safetensors"))
+    save_file({"image_embeds": keyframes}, str(tmp_path / "outside.safetensors"))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, nodes.EMBEDDINGS_FOLDER, ([str(folder)], {".safetensors"}))
     motion, count = nodes.SemanticMotionPredict.execute(env["smp"], 4, nodes.MODES[1],
-                                                        embeddings_file=str(tmp_path / "keys.safetensors")).result
+                                                        embeddings_file="keys.safetensors").result
     assert count == 4
     torch.testing.assert_close(motion.embeds[[0, 3]], keyframes)
+    # only files of the folder's list are read: no absolute or ../ paths, no "does it exist" oracle
+    for escape in (str(tmp_path / "outside.safetensors"), "../outside.safetensors", "/etc/shadow"):
+        with pytest.raises(BoundlessError, match="is not a file in ComfyUI/models/motion_embeddings"):
+            nodes.SemanticMotionPredict.execute(env["smp"], 4, nodes.MODES[1], embeddings_file=escape)
 
 
 def test_predict_errors_name_the_fix(env, tmp_path):

@@ -15,6 +15,7 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
+from .errors import BoundlessError
 from .progress import Preview
 
 # ComfyUI models/<kind> folders the pack reads weights from.
@@ -56,7 +57,13 @@ def model_files(kind: str) -> list[str]:
 
 
 def model_path(kind: str, name: str) -> str:
-    return folder_paths.get_full_path_or_raise(kind, name)
+    """Full path of a file from the ``models/<kind>`` list; anything else is refused the same way
+    (ComfyUI resolves names inside the kind's folders only, so ``../`` or absolute paths never leave them)."""
+    path = folder_paths.get_full_path(kind, name)
+    if path is None:
+        raise BoundlessError(f"{name!r} is not a file in ComfyUI/models/{kind}; put the file there and pick it from "
+                             "the list (refresh the page after adding files)")
+    return path
 
 
 def managed(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:

@@ -180,7 +180,7 @@ class PaellaConditioningNode(io.ComfyNode):
     def execute(cls, embeddings, conditioning=None, clip_vision_output=None) -> io.NodeOutput:
         tensors = None
         if embeddings != NO_FILE:
-            path = folder_paths.get_full_path_or_raise(EMBEDDINGS_FOLDER, embeddings)
+            path = comfy_glue.model_path(EMBEDDINGS_FOLDER, embeddings)
             try:
                 tensors = load_file(path, device="cpu")
             except Exception as exc:  # safetensors raises its own error types

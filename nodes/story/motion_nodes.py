@@ -36,9 +36,12 @@ FROM_SMP_FILE = "(from the SMP file)"
 MODES = ("semantic motion predictor", "linear interpolation (baseline)")
 UNCOND = ("zero image embedding (IP-Adapter)", "text only")
 IPADAPTER_FOLDER = "ipadapter"
+EMBEDDINGS_FOLDER = "motion_embeddings"
+NO_FILE = "none"
 
 
 comfy_glue.register_folder(IPADAPTER_FOLDER)        # models/ipadapter, where IP-Adapter files usually live
+comfy_glue.register_folder(EMBEDDINGS_FOLDER, {".safetensors"})
 
 
 @dataclasses.dataclass
@@ -101,7 +104,7 @@ class SMPLoader(io.ComfyNode):
             if has_conditioning(sd):
                 conditioner = load_conditioner(sd, f"cross-attention weights in {smp_name}")
         else:
-            path = folder_paths.get_full_path_or_raise(IPADAPTER_FOLDER, cross_attention)
+            path = comfy_glue.model_path(IPADAPTER_FOLDER, cross_attention)
             conditioner = load_conditioner(read_weights(path), f"IP-Adapter {cross_attention}")
         d = predictor.config.embed_dim
         if conditioner is not None and conditioner.config.embed_dim != d:
@@ -127,10 +130,11 @@ def keyframe_embeddings(clip_vision, images: list[torch.Tensor], crop: bool) -> 
     return torch.cat(rows)
 
 
-def embeddings_from_file(path: str) -> torch.Tensor:
-    """Precomputed keyframe embeddings ``[N, D]``: key ``image_embeds`` or the file's only tensor."""
-    if not os.path.isabs(path):
-        path = os.path.join(folder_paths.get_input_directory(), path)
+def embeddings_from_file(name: str) -> torch.Tensor:
+    """Precomputed keyframe embeddings ``[N, D]`` of a file in models/motion_embeddings: key
+    ``image_embeds`` or the file's only tensor. Only names from the folder's list are read, so a
+    prompt cannot make the server open (or reveal) any other file."""
+    path = comfy_glue.model_path(EMBEDDINGS_FOLDER, name)
     tensors = read_weights(path)
     embeds = tensors.get("image_embeds")
     if embeds is None:
@@ -165,22 +169,24 @@ class SemanticMotionPredict(io.ComfyNode):
                 io.Image.Input("end", optional=True, tooltip="End frame(s), appended after start."),
                 io.Boolean.Input("crop", default=True, optional=True,
                                  tooltip="Centre-crop to a square before encoding (as CLIP Vision Encode does)."),
-                io.String.Input("embeddings_file", default="", optional=True,
-                                tooltip="Instead of images: a .safetensors file (path, absolute or in the input "
-                                        "folder) with precomputed keyframe embeddings 'image_embeds' [N, D]."),
+                io.Combo.Input("embeddings_file", options=[NO_FILE] + comfy_glue.model_files(EMBEDDINGS_FOLDER),
+                               default=NO_FILE, optional=True,
+                               tooltip="Instead of images: precomputed keyframe embeddings 'image_embeds' [N, D], a "
+                                       ".safetensors file in ComfyUI/models/motion_embeddings (refresh after adding "
+                                       "one); 'none' encodes the start/end images."),
             ],
             outputs=[MotionSocket.Output(display_name="motion"), io.Int.Output(display_name="frame_count")])
 
     @classmethod
     def execute(cls, smp, frames, mode, clip_vision=None, start=None, end=None, crop=True,
-                embeddings_file="") -> io.NodeOutput:
-        if embeddings_file and embeddings_file.strip():
-            keyframes_nd = embeddings_from_file(embeddings_file.strip())
+                embeddings_file=NO_FILE) -> io.NodeOutput:
+        if embeddings_file != NO_FILE:
+            keyframes_nd = embeddings_from_file(embeddings_file)
         else:
             images = [image for image in (start, end) if image is not None]
             if clip_vision is None or not images:
                 raise BoundlessError("Semantic Motion Predict needs keyframes: connect a CLIP vision model and a start "
-                                     "and end image (or a batch of story frames to start), or set embeddings_file")
+                                     "and end image (or a batch of story frames to start), or pick an embeddings_file")
             keyframes_nd = keyframe_embeddings(clip_vision, images, crop)
         if keyframes_nd.shape[0] < 2:
             raise BoundlessError("Semantic Motion Predict got a single keyframe; connect an end image, or a batch of at "
