@@ -2,7 +2,7 @@
 
 ``write_test_models(models_root)`` (called by tests/conftest.py for the ComfyUI test server) writes
 ``models_root/infinity/infinity_tiny.safetensors`` — 64 codes like ``vq_tiny.safetensors``, 2×2-token
-patches, extents (1, 1, 1) — and ``infinity_tiny_text.safetensors``, the same with a 384-wide text
+patches, extents (1, 1, 1), token geometry — and ``infinity_tiny_text.safetensors``, the same with a 384-wide text
 branch (MiniLM token states) that is strong enough to change the samples.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
 def write_test_models(models_root: pathlib.Path) -> None:
     folder = models_root / "infinity"
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint_mod.save_infinity(tiny_model(0), str(folder / TINY_NAME))
+    checkpoint_mod.save_infinity(tiny_model(0, rope_base=100), str(folder / TINY_NAME))   # the current design
     checkpoint_mod.save_infinity(strong_text_model(1), str(folder / TINY_TEXT_NAME))
 
 

@@ -61,14 +61,23 @@ def test_arbitrary_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "evil.ckpt", "wb") as f:
         torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Evil()}, f)
-    with pytest.raises(BoundlessError, match="never unpickles arbitrary code"):
+    with pytest.raises(BoundlessError, match="refers to the Python object exec, which Boundless does not "
+                                             "load: it never runs code stored in a weight file") as refused:
         loader.load_vqgan(str(tmp_path / "evil.ckpt"))
+    assert "weights_only" not in str(refused.value)          # torch's unsafe hint never reaches the user
     assert not (tmp_path / "PWNED").exists()
     with open(tmp_path / "raw.pt", "wb") as f:
         pickle.dump({"x": Evil()}, f)
     with pytest.raises(BoundlessError):
         loader.load_vqgan(str(tmp_path / "raw.pt"))
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_random_bytes_are_not_a_weight_file(tmp_path):
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(BoundlessError, match="noise.ckpt is not a PyTorch weight file") as refused:
+        loader.load_vqgan(str(tmp_path / "noise.ckpt"))
+    assert "weights_only" not in str(refused.value) and "Python object" not in str(refused.value)
 
 
 def test_bad_files_give_clear_errors(tmp_path):

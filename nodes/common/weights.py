@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from typing import Mapping
 
@@ -49,12 +50,23 @@ def read_checkpoint(path: str) -> Mapping:
         with torch.serialization.safe_globals(ALLOWED_PICKLE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise BoundlessError(
-            f"{name} references Python objects that a weights-only load refuses ({str(exc).splitlines()[0]}). "
-            "Boundless never unpickles arbitrary code: convert the file to .safetensors with the authors' "
-            "code, or report which global your release needs.") from exc
+        raise BoundlessError(refusal_message(name, str(exc))) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise BoundlessError(f"{name} is truncated or corrupt ({type(exc).__name__}: {exc}); re-download it") from exc
+
+
+def refusal_message(name: str, torch_message: str) -> str:
+    """Our words for a weights-only refusal: the global the file names, or "not a weight file".
+
+    torch's own message suggests ``weights_only=False``, which would run whatever code the file
+    holds; it is never shown to the user."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", torch_message)
+    if found is None:
+        return (f"{name} is not a PyTorch weight file (its bytes are not a checkpoint torch can read) or it is "
+                "corrupt; re-download it, or pick the right file")
+    return (f"{name} refers to the Python object {found.group(1)}, which Boundless does not load: it never runs "
+            "code stored in a weight file. Convert the file to .safetensors with the authors' code, or report "
+            "which object your release needs.")
 
 
 def extract_state_dict(obj: Mapping, prefixes_to_drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
