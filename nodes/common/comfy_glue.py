@@ -18,8 +18,10 @@ import folder_paths
 from .errors import BoundlessError
 from .progress import Preview
 
-# ComfyUI models/<kind> folders the pack reads weights from.
-MODEL_FOLDERS = ("vqgan", "pixel_guide", "paella", "var", "infinity", "story")
+# ComfyUI models/<kind> folders the pack reads weights from, and the files each lists (None: every
+# weight extension ComfyUI knows; pixel guides are read from .safetensors only).
+MODEL_FOLDERS = {"vqgan": None, "pixel_guide": {".safetensors"}, "paella": None, "var": None, "infinity": None,
+                 "story": None}
 PACK_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
 
 
@@ -45,8 +47,8 @@ def register_folder(kind: str, extensions=None) -> None:
 
 def register_model_folders() -> None:
     """Register models/<kind> for each of the pack's kinds, plus the pack's bundled models."""
-    for kind in MODEL_FOLDERS:
-        register_folder(kind)
+    for kind, extensions in MODEL_FOLDERS.items():
+        register_folder(kind, extensions)
         bundled = os.path.join(PACK_MODELS_DIR, kind)
         if os.path.isdir(bundled):
             folder_paths.add_model_folder_path(kind, bundled)
