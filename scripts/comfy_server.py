@@ -116,8 +116,9 @@ class ComfyServer:
         return r.json()["name"]
 
     def queue(self, graph: dict, client_id: str | None = None) -> str:
-        r = requests.post(f"{self.url}/prompt", json={"prompt": graph, "client_id": client_id or uuid.uuid4().hex},
-                          timeout=60)
+        # Serialised here rather than by requests, which refuses NaN: a prompt may carry one (the server takes it).
+        body = json.dumps({"prompt": graph, "client_id": client_id or uuid.uuid4().hex})
+        r = requests.post(f"{self.url}/prompt", data=body, headers={"Content-Type": "application/json"}, timeout=60)
         body = r.json()
         if r.status_code != 200:
             raise PromptError(f"prompt rejected: {json.dumps(body)[:2000]}", body)

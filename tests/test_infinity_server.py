@@ -282,3 +282,9 @@ def test_choices_and_numbers_are_checked_before_running(comfy, change, message):
     graph["g"]["inputs"].update(change)
     with pytest.raises(PromptError, match=f"BoundlessError: .*{message}"):
         comfy.run(graph)
+
+
+def test_a_prompt_that_is_not_valid_text_is_refused_in_plain_words(comfy):
+    """A lone surrogate (half of an emoji pair) used to reach the tokenizer as a raw TypeError."""
+    with pytest.raises(PromptError, match="BoundlessError: Encode Text .*prompt holds a character that is not valid"):
+        comfy.run(text_graph(prompt="sky \ud800 sea"))

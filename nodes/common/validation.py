@@ -1,4 +1,5 @@
-"""Checks every node runs on its inputs before ``execute``: choices in their lists, numbers finite.
+"""Checks every node runs on its inputs before ``execute``: choices in their lists, numbers finite,
+text valid Unicode.
 
 ComfyUI 0.3.75 validates the choices of V1 nodes but not of V3 ``Combo`` inputs (their type is the
 string "COMBO", which its validator does not compare against the options), and it never checks
@@ -21,7 +22,8 @@ SHOWN_CHOICES = 20   # a model folder can list hundreds of files; name the first
 
 
 def check_inputs(schema: io.Schema, values: dict) -> None:
-    """Raise a BoundlessError for the first choice not among its options or float that is not finite."""
+    """Raise a BoundlessError for the first choice not among its options, float that is not finite, or
+    string that is not valid Unicode (a lone surrogate, which tokenizers reject with a TypeError)."""
     for item in schema.inputs:
         if item.id not in values or values[item.id] is None:
             continue
@@ -37,6 +39,13 @@ def check_inputs(schema: io.Schema, values: dict) -> None:
         elif isinstance(item, io.Float.Input):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise BoundlessError(f"{schema.display_name}: {item.id} must be a finite number, got {value!r}")
+        elif isinstance(item, io.String.Input) and isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BoundlessError(f"{schema.display_name}: {item.id} holds a character that is not valid text "
+                                     f"(at position {exc.start}, e.g. half of an emoji pair); retype or paste it "
+                                     "again") from None
 
 
 def guard(node_cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
@@ -47,7 +56,7 @@ def guard(node_cls: type[io.ComfyNode]) -> type[io.ComfyNode]:
     @functools.wraps(execute)
     def checked(cls, *args, **kwargs):
         bound = signature.bind(cls, *args, **kwargs)
-        check_inputs(cls.GET_SCHEMA(), {**bound.arguments, **bound.arguments.get("kwargs", {})})
+        check_inputs(cls.define_schema(), {**bound.arguments, **bound.arguments.get("kwargs", {})})
         return execute(cls, *args, **kwargs)
 
     node_cls.execute = classmethod(checked)

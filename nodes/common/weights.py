@@ -34,8 +34,10 @@ ALLOWED_PICKLE_GLOBALS = [
 
 def read_checkpoint(path: str) -> Mapping:
     """Return the top-level object of a weight file (a dict of tensors, or a training dict)."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise BoundlessError(f"weight file not found: {path}")
+    if not os.path.isfile(path):
+        raise BoundlessError(f"{path} is not a regular file (a folder or a device); pick a weight file")
     name = os.path.basename(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file

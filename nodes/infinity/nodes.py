@@ -387,7 +387,8 @@ class LoadNCPState(io.ComfyNode):
             description="Load a canvas state saved by Save NCP State or by an interrupted generation.",
             inputs=[io.Combo.Input("state_file", options=files,
                                    tooltip="A file in output/infinity_states/ (interrupted runs are saved there "
-                                           "as interrupted_*.safetensors).")],
+                                           "as interrupted_*.safetensors). Empty until a state has been saved: "
+                                           "run Save NCP State first, then refresh the page.")],
             outputs=[NCPState.Output(display_name="state")])
 
     @classmethod

@@ -140,7 +140,7 @@ class CanvasState:
             raise BoundlessError(f"{path} is not a readable canvas state file ({exc})") from exc
         if meta.get("kind") != STATE_KIND:
             raise BoundlessError(f"{path} is not a NUWA-Infinity canvas state (kind {meta.get('kind')!r}); "
-                                 "load a file written by CanvasState.save")
+                                 "pick a file written by the Save NCP State node (or by an interrupted generation)")
         header = json.loads(meta["state"])
         if header["version"] != STATE_VERSION:
             raise BoundlessError(f"{path} has state format version {header['version']}, this pack reads "
