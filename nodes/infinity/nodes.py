@@ -119,7 +119,10 @@ class InfinityModelLoader(io.ComfyNode):
             inputs=[io.Combo.Input("model_name", options=comfy_glue.model_files("infinity"),
                                    tooltip="Checkpoint in models/infinity (the pack ships "
                                            "boundless_demo_panorama.safetensors).")],
-            outputs=[InfinityModel.Output(display_name="model")])
+            outputs=[InfinityModel.Output(
+                display_name="model",
+                tooltip="The loaded NUWA-Infinity model: connect it to the model input of NCP State (empty), NCP "
+                        "State from Tokens, Infinity Generate Canvas, Outpaint Step, Resume or Stream Canvas.")])
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
@@ -134,8 +137,13 @@ class NCPStateEmpty(io.ComfyNode):
             description="A blank canvas of cols x rows patches for NUWA-Infinity to fill "
                         "(fill it with 'Infinity Outpaint Step', direction 'fill').",
             inputs=[InfinityModel.Input("model", tooltip="The Infinity model that will fill the canvas."),
-                    io.Int.Input("cols", default=4, min=1, max=4096, tooltip="Canvas width in patches."),
-                    io.Int.Input("rows", default=1, min=1, max=4096, tooltip="Canvas height in patches."),
+                    io.Int.Input("cols", default=4, min=1, max=4096,
+                                 tooltip="Width of the blank canvas in patches (one patch is the model's patch "
+                                         "size, 256 px for the demo model). Each patch costs the same time to "
+                                         "fill, so wide canvases only take longer."),
+                    io.Int.Input("rows", default=1, min=1, max=4096,
+                                 tooltip="Height of the blank canvas in patches (256 px each for the demo "
+                                         "model); 1 gives a single strip, as for a panorama."),
                     io.Int.Input("frames", default=1, min=1, max=4096,
                                  tooltip="Video frames (1 for an image). Frames are generated in time order; "
                                          "set e_f >= 1 so each frame sees the previous one."),
@@ -143,7 +151,10 @@ class NCPStateEmpty(io.ComfyNode):
                     *_extent_inputs(),
                     io.Boolean.Input("wrap", default=False, tooltip="360° panorama: the right edge conditions "
                                                                      "on the left, so the canvas loops.")],
-            outputs=[NCPState.Output(display_name="state")])
+            outputs=[NCPState.Output(
+                display_name="state",
+                tooltip="The blank canvas state (every patch still unknown): connect it to Infinity Outpaint "
+                        "Step with direction 'fill' to generate it.")])
 
     @classmethod
     def execute(cls, model, cols, rows, frames, batch, e_w, e_h, e_f, wrap) -> io.NodeOutput:
@@ -163,7 +174,10 @@ class NCPStateFromTokens(io.ComfyNode):
                                                            "model's VQGAN. Its size must be whole patches."),
                     *_extent_inputs(),
                     io.Boolean.Input("wrap", default=False, tooltip="Treat the canvas as a 360° loop.")],
-            outputs=[NCPState.Output(display_name="state")])
+            outputs=[NCPState.Output(
+                display_name="state",
+                tooltip="The canvas state of the start image (all its patches known): connect it to Infinity "
+                        "Outpaint Step to extend it, or to NCP State → Image or Save NCP State.")])
 
     @classmethod
     def execute(cls, model, tokens: Tokens, e_w, e_h, e_f, wrap) -> io.NodeOutput:
@@ -186,10 +200,13 @@ class InfinityGenerateCanvas(io.ComfyNode):
             category="Boundless/infinity",
             description="Generate a canvas of any size from nothing, patch by patch (autoregression over "
                         "patches) and token by token inside each patch; memory per patch stays flat.",
-            inputs=[InfinityModel.Input("model", tooltip="NUWA-Infinity model."),
+            inputs=[InfinityModel.Input("model", tooltip="The NUWA-Infinity model from Infinity Model Loader "
+                                                         "that paints the canvas."),
                     io.Int.Input("width_patches", default=16, min=1, max=4096,
                                  tooltip="Canvas width in patches (256 px each for the demo model)."),
-                    io.Int.Input("height_patches", default=2, min=1, max=4096, tooltip="Canvas height in patches."),
+                    io.Int.Input("height_patches", default=2, min=1, max=4096,
+                                 tooltip="Canvas height in patches (256 px each for the demo model). Usually "
+                                         "1-4; for canvases taller than wide use order 'down'."),
                     io.Combo.Input("order", options=list(ORDERS), default="right",
                                    tooltip="Patch order: 'right' sweeps column by column from left to right "
                                            "(best for wide canvases: the NCP holds about one column), 'down' "
@@ -199,7 +216,10 @@ class InfinityGenerateCanvas(io.ComfyNode):
                     io.Boolean.Input("wrap", default=False, tooltip="360° panorama: the last column conditions "
                                                                      "on the first, so the image loops."),
                     *_sampling_inputs()],
-            outputs=[NCPState.Output(display_name="state")])
+            outputs=[NCPState.Output(
+                display_name="state",
+                tooltip="The finished canvas state (tokens, plan and NCP caches): connect it to NCP State → "
+                        "Image to see it, to Infinity Outpaint Step to grow it, or to Save NCP State.")])
 
     @classmethod
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
@@ -227,7 +247,10 @@ class InfinityOutpaintStep(io.ComfyNode):
                                  tooltip="How many patch columns/rows to add on each chosen side "
                                          "(for 'next frames': how many frames)."),
                     *_sampling_inputs()],
-            outputs=[NCPState.Output(display_name="state")])
+            outputs=[NCPState.Output(
+                display_name="state",
+                tooltip="The extended canvas state (the input state is left unchanged): connect it to NCP "
+                        "State → Image (→ Frames for video), another Outpaint Step, or Save NCP State.")])
 
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
@@ -253,7 +276,10 @@ class InfinityResume(io.ComfyNode):
             inputs=[InfinityModel.Input("model", tooltip="The model the state was made with."),
                     NCPState.Input("state", tooltip="A state whose generation was interrupted."),
                     *_sampling_inputs()],
-            outputs=[NCPState.Output(display_name="state")])
+            outputs=[NCPState.Output(
+                display_name="state",
+                tooltip="The completed canvas state: connect it to NCP State → Image, an Outpaint Step or "
+                        "Save NCP State.")])
 
     @classmethod
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
@@ -268,9 +294,16 @@ class NCPStateToTokens(io.ComfyNode):
         return io.Schema(
             node_id="BoundlessNCPStateToTokens", display_name="NCP State → Tokens", category="Boundless/infinity",
             description="The canvas's token map, for VQGAN Decode or other token nodes.",
-            inputs=[NCPState.Input("state", tooltip="A finished canvas state."),
-                    io.Int.Input("frame", default=0, min=0, max=100000, tooltip="Which frame (0 for images).")],
-            outputs=[sockets.Tokens.Output(display_name="tokens")])
+            inputs=[NCPState.Input("state", tooltip="A finished canvas state (every patch generated); an "
+                                                    "unfinished one is refused: run an Outpaint Step 'fill' or "
+                                                    "Infinity Resume first."),
+                    io.Int.Input("frame", default=0, min=0, max=100000,
+                                 tooltip="Which frame to take, counting from 0 in time order. Use 0 for images; "
+                                         "for a video it must be below the number of frames.")],
+            outputs=[sockets.Tokens.Output(
+                display_name="tokens",
+                tooltip="The token map of that frame, tagged with the model's VQGAN: connect it to VQGAN "
+                        "Decode (or another node that takes tokens).")])
 
     @classmethod
     def execute(cls, state: CanvasState, frame) -> io.NodeOutput:
@@ -291,11 +324,17 @@ class NCPStateToImage(io.ComfyNode):
             node_id="BoundlessNCPStateToImage", display_name="NCP State → Image", category="Boundless/infinity",
             description="Decode the canvas with the model's VQGAN (patches not generated yet are grey). "
                         "360° canvases are decoded with circular padding so the seam is invisible.",
-            inputs=[NCPState.Input("state", tooltip="Canvas state to show."),
+            inputs=[NCPState.Input("state", tooltip="The canvas state to decode, finished or not: patches "
+                                                    "not generated yet are shown grey."),
                     sockets.VQGANModel.Input("vqgan", tooltip="The VQGAN the Infinity model was trained with."),
-                    io.Int.Input("frame", default=0, min=0, max=100000, tooltip="Which frame (0 for images)."),
+                    io.Int.Input("frame", default=0, min=0, max=100000,
+                                 tooltip="Which frame to decode, counting from 0 in time order. Use 0 for "
+                                         "images; for a video it must be below the number of frames."),
                     *tile_inputs()],
-            outputs=[io.Image.Output(display_name="image")])
+            outputs=[io.Image.Output(
+                display_name="image",
+                tooltip="The decoded canvas, one image per canvas of the batch: connect it to Preview Image "
+                        "or Save Image.")])
 
     @classmethod
     def execute(cls, state: CanvasState, vqgan, frame, tile_size, tile_margin) -> io.NodeOutput:
@@ -327,7 +366,10 @@ class NCPStateToFrames(io.ComfyNode):
                     io.Image.Input("first_frame", optional=True,
                                    tooltip="Optional: the image that was animated. Output frame 0 is then this "
                                            "image exactly, and it guides frame 1 (needs a pixel guide).")],
-            outputs=[io.Image.Output(display_name="frames")])
+            outputs=[io.Image.Output(
+                display_name="frames",
+                tooltip="Every decoded frame as one image batch in time order (all frames of the first video, "
+                        "then the next): connect it to Save Video (Boundless), Preview Image or Save Image.")])
 
     @classmethod
     def execute(cls, state: CanvasState, vqgan, pixel_guide=None, first_frame=None) -> io.NodeOutput:
@@ -367,8 +409,12 @@ class SaveNCPState(io.ComfyNode):
             node_id="BoundlessSaveNCPState", display_name="Save NCP State", category="Boundless/infinity",
             description="Write a canvas state (tokens, plan and live NCP caches) to output/infinity_states/ "
                         "so it can be loaded and continued later.",
-            inputs=[NCPState.Input("state", tooltip="State to save."),
-                    io.String.Input("filename_prefix", default="canvas", tooltip="Start of the file name.")],
+            inputs=[NCPState.Input("state", tooltip="The canvas state to write, finished or not (an unfinished "
+                                                    "one can be loaded later and finished with Infinity Resume)."),
+                    io.String.Input("filename_prefix", default="canvas",
+                                    tooltip="Start of the file name in output/infinity_states/; the date, time and "
+                                            "a unique number are appended. Only letters, digits, '-' and '_' are "
+                                            "kept.")],
             outputs=[], is_output_node=True)
 
     @classmethod
@@ -389,7 +435,10 @@ class LoadNCPState(io.ComfyNode):
                                    tooltip="A file in output/infinity_states/ (interrupted runs are saved there "
                                            "as interrupted_*.safetensors). Empty until a state has been saved: "
                                            "run Save NCP State first, then refresh the page.")],
-            outputs=[NCPState.Output(display_name="state")])
+            outputs=[NCPState.Output(
+                display_name="state",
+                tooltip="The saved canvas state: connect it to Infinity Resume to finish an interrupted run, to "
+                        "an Outpaint Step to grow it, or to NCP State → Image to see it.")])
 
     @classmethod
     def execute(cls, state_file) -> io.NodeOutput:
@@ -406,15 +455,26 @@ class InfinityStreamCanvas(io.ComfyNode):
             description="Generate a canvas wider than memory would hold as one image (e.g. 65536x512) and write "
                         "it column by column to a tiled TIFF in output/; only a few columns of pixels are ever "
                         "in memory. Outputs the final state and a reduced preview.",
-            inputs=[InfinityModel.Input("model", tooltip="NUWA-Infinity model."),
+            inputs=[InfinityModel.Input("model", tooltip="The NUWA-Infinity model from Infinity Model Loader "
+                                                         "that paints the canvas."),
                     sockets.VQGANModel.Input("vqgan", tooltip="The VQGAN the model was trained with."),
-                    io.Int.Input("width_patches", default=64, min=1, max=65536, tooltip="Canvas width in patches."),
-                    io.Int.Input("height_patches", default=2, min=1, max=64, tooltip="Canvas height in patches."),
+                    io.Int.Input("width_patches", default=64, min=1, max=65536,
+                                 tooltip="Canvas width in patches (256 px each for the demo model). The canvas "
+                                         "is written column by column, so width costs time and disk, not "
+                                         "memory."),
+                    io.Int.Input("height_patches", default=2, min=1, max=64,
+                                 tooltip="Canvas height in patches (256 px each for the demo model). A whole "
+                                         "column of patches is decoded at once, so keep it small."),
                     *_extent_inputs(), *_sampling_inputs()[:3],
                     io.String.Input("filename_prefix", default="boundless/infinity_stream",
                                     tooltip="Path under output/ (without extension) of the .tif file."),
                     _text_input()],
-            outputs=[NCPState.Output(display_name="state"), io.Image.Output(display_name="preview")])
+            outputs=[NCPState.Output(display_name="state",
+                                     tooltip="The final canvas state (tokens of the whole canvas): connect it to "
+                                             "Save NCP State to keep it, or to an Outpaint Step to extend it."),
+                     io.Image.Output(display_name="preview",
+                                     tooltip="The canvas shrunk to at most about 2048 px wide, for Preview Image; "
+                                             "the full-size picture is the .tif file written to output/.")])
 
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,

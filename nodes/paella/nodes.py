@@ -110,7 +110,10 @@ class PaellaLoader(io.ComfyNode):
             inputs=[io.Combo.Input("model_name", options=comfy_glue.model_files("paella"),
                                    tooltip="Weight file in models/paella (paella_v3.pt, model_600000.pt, "
                                            "model_50000_img.pt or a .safetensors conversion).")],
-            outputs=[PaellaModel.Output(display_name="model")])
+            outputs=[PaellaModel.Output(
+                display_name="model",
+                tooltip="The Paella token model (v3 or v1): connect it to the model input of Paella Text to Image, "
+                        "Inpaint / Outpaint, Image Variations, Latent Interpolation or Structural Edit.")])
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
@@ -128,7 +131,10 @@ class PaellaVQGANLoader(io.ComfyNode):
             inputs=[io.Combo.Input("vqgan_name", options=comfy_glue.model_files("paella"),
                                    tooltip="Weight file in models/paella (vqgan_f4.pt for v3, "
                                            "vqgan.gumbelf8-sber.model.ckpt for v1).")],
-            outputs=[PaellaVQGAN.Output(display_name="vqgan")])
+            outputs=[PaellaVQGAN.Output(
+                display_name="vqgan",
+                tooltip="The Paella tokenizer: connect it to the vqgan input of the Paella generator nodes, Paella "
+                        "Encode and Paella Decode (v3 models need vqgan_f4, v1 the Gumbel f8).")])
 
     @classmethod
     def execute(cls, vqgan_name) -> io.NodeOutput:
@@ -145,7 +151,9 @@ class PaellaPriorLoader(io.ComfyNode):
                         "vector, as the official notebook does for text-to-image.",
             inputs=[io.Combo.Input("prior_name", options=comfy_glue.model_files("paella"),
                                    tooltip="Weight file in models/paella (prior_v1.pt).")],
-            outputs=[PaellaPrior.Output(display_name="prior")])
+            outputs=[PaellaPrior.Output(
+                display_name="prior",
+                tooltip="The v3 CLIP prior: connect it to the prior input of Paella Prior.")])
 
     @classmethod
     def execute(cls, prior_name) -> io.NodeOutput:
@@ -174,7 +182,11 @@ class PaellaConditioningNode(io.ComfyNode):
                     io.ClipVisionOutput.Input("clip_vision_output", optional=True,
                                               tooltip="CLIP Vision Encode output: image_embeds become a CLIP image "
                                                       "vector (appended after any from the file).")],
-            outputs=[PaellaConditioning.Output(display_name="conditioning")])
+            outputs=[PaellaConditioning.Output(
+                display_name="conditioning",
+                tooltip="The assembled Paella conditioning: connect it to positive or negative of a Paella "
+                        "generator node, to Paella Prior (v3 text-to-image) or to Paella Regional Conditioning "
+                        "(v1).")])
 
     @classmethod
     def execute(cls, embeddings, conditioning=None, clip_vision_output=None) -> io.NodeOutput:
@@ -196,13 +208,19 @@ class PaellaPriorNode(io.ComfyNode):
             node_id="BoundlessPaellaPrior", display_name="Paella Prior", category=CATEGORY,
             description="v3 text-to-image as in the official notebook: sample a CLIP image vector from the "
                         "conditioning's CLIP text vector (DDPM, cosine schedule) and add it to the conditioning.",
-            inputs=[PaellaPrior.Input("prior", tooltip="From Paella Prior Loader."),
+            inputs=[PaellaPrior.Input("prior", tooltip="The v3 CLIP prior (prior_v1.pt) from Paella Prior Loader."),
                     PaellaConditioning.Input("conditioning", tooltip="Needs a CLIP text vector (clip_text)."),
                     _seed_input(),
-                    io.Int.Input("steps", default=60, min=1, max=1000, tooltip="DDPM steps (notebook: 60)."),
+                    io.Int.Input("steps", default=60, min=1, max=1000,
+                                 tooltip="Denoising steps of the prior's DDPM sampler that draws the CLIP image "
+                                         "vector (the notebook uses 60). Time grows linearly; far fewer steps "
+                                         "give a rougher vector."),
                     io.Float.Input("cfg", default=3.0, min=0.0, max=30.0, step=0.1,
                                    tooltip="Guidance against an all-zero text vector (notebook: 3).")],
-            outputs=[PaellaConditioning.Output(display_name="conditioning")])
+            outputs=[PaellaConditioning.Output(
+                display_name="conditioning",
+                tooltip="The input conditioning with the sampled CLIP image vector added: connect it to "
+                        "positive of Paella Text to Image (v3).")])
 
     @classmethod
     def execute(cls, prior, conditioning, seed, steps, cfg) -> io.NodeOutput:
@@ -225,7 +243,10 @@ class PaellaV3SamplerNode(io.ComfyNode):
             description="Settings of the official v3 sampler. Defaults: README / src/utils.py (12 steps). "
                         "Official notebook: 32 steps, renoise 26, temperature 1.2 -> 0.2, CFG 8 on the first 20 "
                         "steps, attention re-weighting on.",
-            inputs=[io.Int.Input("steps", default=12, min=1, max=200, tooltip="Denoising steps."),
+            inputs=[io.Int.Input("steps", default=12, min=1, max=200,
+                                 tooltip="Number of denoising steps; each runs the model over every token (twice "
+                                         "while guidance is on). README default 12, the official notebook uses "
+                                         "32; time grows linearly."),
                     io.Int.Input("renoise_steps", default=-1, min=-1, max=200,
                                  tooltip="Steps that re-noise back to the initial noise; -1 = steps - 1."),
                     io.Float.Input("temperature_start", default=1.0, min=0.01, max=5.0, step=0.01,
@@ -246,7 +267,10 @@ class PaellaV3SamplerNode(io.ComfyNode):
                     io.Boolean.Input("attention_reweighting", default=False,
                                      tooltip="The notebook's conditional-pass attention weights (x1.2 on late ByT5 "
                                              "and CLIP text keys, x0.4 on the last four, e.g. CLIP image).")],
-            outputs=[PaellaSampler.Output(display_name="sampler")])
+            outputs=[PaellaSampler.Output(
+                display_name="sampler",
+                tooltip="The v3 sampler settings: connect them to the sampler input of a Paella generator node "
+                        "that runs a v3 model.")])
 
     @classmethod
     def execute(cls, steps, renoise_steps, temperature_start, temperature_end, cfg_start, cfg_end, cfg_steps,
@@ -266,7 +290,9 @@ class PaellaV1SamplerNode(io.ComfyNode):
             node_id="BoundlessPaellaV1Sampler", display_name="Paella v1 Sampler", category=CATEGORY,
             description="Settings of the 2022 v1 sampler (defaults: the Replicate demo's text-to-image: 12 steps, "
                         "locally typical filtering 0.2, CFG 5, re-noise to the start tokens).",
-            inputs=[io.Int.Input("steps", default=12, min=1, max=200, tooltip="Steps T."),
+            inputs=[io.Int.Input("steps", default=12, min=1, max=200,
+                                 tooltip="Number of sampling steps T: each step draws every token, then re-noises "
+                                         "a shrinking share of them. The demo uses 12; time grows linearly."),
                     io.Int.Input("renoise_steps", default=-1, min=-1, max=200,
                                  tooltip="Steps followed by re-noising; -1 = steps - 1."),
                     io.Float.Input("temperature_start", default=1.0, min=0.01, max=5.0, step=0.01,
@@ -285,7 +311,10 @@ class PaellaV1SamplerNode(io.ComfyNode):
                     io.Combo.Input("renoise_mode", options=["start", "prev", "rand"], default="start",
                                    tooltip="Re-noise from the start tokens, the step's input, or fresh random "
                                            "tokens (the structural-editing demo uses 'prev').")],
-            outputs=[PaellaSampler.Output(display_name="sampler")])
+            outputs=[PaellaSampler.Output(
+                display_name="sampler",
+                tooltip="The v1 sampler settings: connect them to the sampler input of a Paella generator node "
+                        "that runs a v1 model.")])
 
     @classmethod
     def execute(cls, steps, renoise_steps, temperature_start, temperature_end, cfg, typical_filtering,
@@ -312,9 +341,16 @@ class PaellaTextToImage(io.ComfyNode):
             inputs=[*_common_inputs(),
                     PaellaConditioning.Input("positive", tooltip="What to generate (Paella Conditioning)."),
                     _negative_input(), *_size_inputs(),
-                    io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
+                    io.Int.Input("batch_size", default=1, min=1, max=64,
+                                 tooltip="How many images to generate at once from the same conditioning (1-64); "
+                                         "each gets its own noise from the one seed. Memory and time grow with it."),
                     _seed_input()],
-            outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The generated images (batch_size of them): connect them to "
+                                             "Preview Image or Save Image."),
+                     sockets.Tokens.Output(display_name="tokens",
+                                           tooltip="The same images as Paella tokens: connect them to Paella Decode, "
+                                                   "or to Paella Structural Edit to edit them with a new prompt.")])
 
     @classmethod
     def execute(cls, model, vqgan, sampler, positive, width, height, batch_size, seed, negative=None):
@@ -340,7 +376,13 @@ class PaellaInpaint(io.ComfyNode):
                     io.Boolean.Input("paste_original", default=False,
                                      tooltip="Paste the original pixels back outside the mask (otherwise the whole "
                                              "image is the VQGAN's decoding, as in the official demo).")],
-            outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The edited images at the input's size, the masked area regenerated: "
+                                             "connect them to Preview Image or Save Image."),
+                     sockets.Tokens.Output(display_name="tokens",
+                                           tooltip="The result as Paella tokens (covering the internally padded "
+                                                   "canvas): connect them to Paella Decode or Paella Structural "
+                                                   "Edit.")])
 
     @classmethod
     def execute(cls, model, vqgan, sampler, positive, image, mask, seed, paste_original, negative=None):
@@ -384,9 +426,16 @@ class PaellaVariations(io.ComfyNode):
                                              tooltip="v3: text part (ByT5 states required; CLIP text optional). "
                                                      "v1: leave unconnected."),
                     _negative_input(), *_size_inputs(),
-                    io.Int.Input("batch_size", default=4, min=1, max=64, tooltip="Variations per run."),
+                    io.Int.Input("batch_size", default=4, min=1, max=64,
+                                 tooltip="How many variations of the source image to generate at once (1-64), "
+                                         "all from the one seed; memory and time grow with it."),
                     _seed_input()],
-            outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The variations (batch_size of them): connect them to Preview Image "
+                                             "or Save Image."),
+                     sockets.Tokens.Output(display_name="tokens",
+                                           tooltip="The variations as Paella tokens: connect them to Paella Decode "
+                                                   "or Paella Structural Edit.")])
 
     @classmethod
     def execute(cls, model, vqgan, sampler, width, height, batch_size, seed, image_embedding=None,
@@ -414,7 +463,12 @@ class PaellaInterpolate(io.ComfyNode):
                     _negative_input(), *_size_inputs(),
                     io.Int.Input("frames", default=5, min=2, max=256, tooltip="Number of frames (both ends included)."),
                     _seed_input()],
-            outputs=[io.Image.Output(display_name="frames"), sockets.Tokens.Output(display_name="tokens")])
+            outputs=[io.Image.Output(display_name="frames",
+                                     tooltip="One image per frame, from positive_a to positive_b in order: connect "
+                                             "it to Save Video (Boundless), Preview Image or Save Image."),
+                     sockets.Tokens.Output(display_name="tokens",
+                                           tooltip="The frames as Paella tokens (one token grid per frame): connect "
+                                                   "them to Paella Decode.")])
 
     @classmethod
     def execute(cls, model, vqgan, sampler, positive_a, positive_b, width, height, frames, seed, negative=None):
@@ -443,13 +497,19 @@ class PaellaStructuralEdit(io.ComfyNode):
                         "'prev' ~ strength 0.87).",
             inputs=[*_common_inputs(),
                     sockets.Tokens.Input("tokens", tooltip="Encoded image from Paella Encode (same VQGAN)."),
-                    PaellaConditioning.Input("positive", tooltip="The new prompt."),
+                    PaellaConditioning.Input("positive", tooltip="Paella Conditioning of the new prompt the edited "
+                                                                  "image should follow; its layout is kept."),
                     _negative_input(),
                     io.Float.Input("strength", default=0.6, min=0.01, max=1.0, step=0.01,
                                    tooltip="Fraction of tokens re-noised before sampling resumes (v3: the start "
                                            "noise level t; v1: mapped to the step with that masking rate)."),
                     _seed_input()],
-            outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The edited images (the same size as the tokens' image): connect "
+                                             "them to Preview Image or Save Image."),
+                     sockets.Tokens.Output(display_name="tokens",
+                                           tooltip="The edited images as Paella tokens: connect them to Paella "
+                                                   "Decode, or to another Structural Edit.")])
 
     @classmethod
     def execute(cls, model, vqgan, sampler, tokens, positive, strength, seed, negative=None):
@@ -472,15 +532,23 @@ class PaellaRegionalConditioning(io.ComfyNode):
                         "a grid cell) and 'base' elsewhere; chain nodes for more regions. v3 has no spatial "
                         "conditioning.",
             inputs=[PaellaConditioning.Input("base", tooltip="Background prompt (v1 vector or a regional map)."),
-                    PaellaConditioning.Input("region", tooltip="Prompt vector for the region."),
+                    PaellaConditioning.Input("region", tooltip="Paella Conditioning (a v1 CLIP vector) used inside "
+                                                                "the region; 'base' applies everywhere else."),
                     io.Combo.Input("layout", options=["mask", "grid"], default="grid",
                                    tooltip="Use the mask, or one cell of a rows x cols grid."),
-                    io.Int.Input("rows", default=1, min=1, max=16, tooltip="Grid rows."),
-                    io.Int.Input("columns", default=2, min=1, max=16, tooltip="Grid columns."),
+                    io.Int.Input("rows", default=1, min=1, max=16,
+                                 tooltip="Number of equal rows the image is split into for layout 'grid' (1-16); "
+                                         "ignored for layout 'mask'."),
+                    io.Int.Input("columns", default=2, min=1, max=16,
+                                 tooltip="Number of equal columns the image is split into for layout 'grid' "
+                                         "(1-16); ignored for layout 'mask'."),
                     io.Int.Input("cell", default=1, min=0, max=255, tooltip="Grid cell for the region, row-major "
                                                                               "from 0 (default: right half)."),
                     io.Mask.Input("mask", optional=True, tooltip="Region mask (1 = region) for layout 'mask'.")],
-            outputs=[PaellaConditioning.Output(display_name="conditioning")])
+            outputs=[PaellaConditioning.Output(
+                display_name="conditioning",
+                tooltip="The base conditioning with this region placed on it: connect it to positive of a Paella "
+                        "v1 generator node, or to base of another Regional Conditioning for more regions.")])
 
     @classmethod
     def execute(cls, base, region, layout, rows, columns, cell, mask=None) -> io.NodeOutput:
@@ -502,12 +570,16 @@ class PaellaEncode(io.ComfyNode):
         return io.Schema(
             node_id="BoundlessPaellaEncode", display_name="Paella Encode", category=CATEGORY,
             description="Image -> Paella tokens (v3 f4 VQGAN: 4 px per token; v1 Gumbel f8: 8 px, argmax code).",
-            inputs=[PaellaVQGAN.Input("vqgan", tooltip="From Paella VQGAN Loader."),
-                    io.Image.Input("image", tooltip="Image batch to encode."),
+            inputs=[PaellaVQGAN.Input("vqgan", tooltip="The Paella VQGAN from Paella VQGAN Loader: the one of "
+                                                       "the model that will use the tokens."),
+                    io.Image.Input("image", tooltip="Image batch to turn into tokens; any size, fitted to the "
+                                                    "required multiple by size_policy."),
                     io.Combo.Input("size_policy", options=list(pipeline.SIZE_POLICIES), default="pad",
                                    tooltip=f"Sides must be multiples of {pipeline.ENCODE_MULTIPLE} px: 'pad' "
                                            "replicates the right/bottom edge, 'crop' drops the remainder.")],
-            outputs=[sockets.Tokens.Output(display_name="tokens")])
+            outputs=[sockets.Tokens.Output(
+                display_name="tokens",
+                tooltip="The images as Paella tokens: connect them to Paella Structural Edit or Paella Decode.")])
 
     @classmethod
     def execute(cls, vqgan, image, size_policy) -> io.NodeOutput:
@@ -526,7 +598,9 @@ class PaellaDecode(io.ComfyNode):
             description="Paella tokens -> image (with the VQGAN that made them).",
             inputs=[PaellaVQGAN.Input("vqgan", tooltip="The VQGAN that made the tokens."),
                     sockets.Tokens.Input("tokens", tooltip="Tokens from a Paella node or Paella Encode.")],
-            outputs=[io.Image.Output(display_name="image")])
+            outputs=[io.Image.Output(
+                display_name="image",
+                tooltip="The decoded images: connect them to Preview Image or Save Image.")])
 
     @classmethod
     def execute(cls, vqgan, tokens) -> io.NodeOutput:

@@ -90,7 +90,10 @@ class SMPLoader(io.ComfyNode):
                                        "a basic IP-Adapter file in models/ipadapter (e.g. ip-adapter_sd15) made for "
                                        "the same image encoder and your model family."),
             ],
-            outputs=[SMPSocket.Output(display_name="smp")])
+            outputs=[SMPSocket.Output(
+                display_name="smp",
+                tooltip="The motion predictor and its cross-attention weights: connect it to Semantic Motion "
+                        "Predict and to Apply Motion Conditioning.")])
 
     @classmethod
     def execute(cls, smp_name, cross_attention) -> io.NodeOutput:
@@ -153,7 +156,8 @@ class SemanticMotionPredict(io.ComfyNode):
             description="Per-frame semantic embeddings of a transition video between two story frames (or through a "
                         "batch of story frames, pair by pair), predicted from image-encoder embeddings.",
             inputs=[
-                SMPSocket.Input("smp", tooltip="From SMP Loader."),
+                SMPSocket.Input("smp", tooltip="The Semantic Motion Predictor from SMP Loader; it must be trained "
+                                               "on the embeddings of the image encoder used here."),
                 io.Int.Input("frames", default=16, min=2, max=256,
                              tooltip="Frames per transition, both keyframes included. N keyframes give "
                                      "(N-1)*(frames-1)+1 frames in all."),
@@ -175,7 +179,12 @@ class SemanticMotionPredict(io.ComfyNode):
                                        ".safetensors file in ComfyUI/models/motion_embeddings (refresh after adding "
                                        "one); 'none' encodes the start/end images."),
             ],
-            outputs=[MotionSocket.Output(display_name="motion"), io.Int.Output(display_name="frame_count")])
+            outputs=[MotionSocket.Output(display_name="motion",
+                                         tooltip="The predicted per-frame embeddings of the whole video: connect "
+                                                 "them to Apply Motion Conditioning."),
+                     io.Int.Output(display_name="frame_count",
+                                   tooltip="How many frames the video has, (keyframes-1)*(frames-1)+1: connect it "
+                                           "to batch_size of the Empty Latent Image that is sampled.")])
 
     @classmethod
     def execute(cls, smp, frames, mode, clip_vision=None, start=None, end=None, crop=True,
@@ -219,14 +228,18 @@ class ApplyMotionConditioning(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5-type model (the cross-attention weights must fit it)."),
                 SMPSocket.Input("smp", tooltip="From SMP Loader (its cross-attention weights are used)."),
-                MotionSocket.Input("motion", tooltip="From Semantic Motion Predict."),
+                MotionSocket.Input("motion", tooltip="Per-frame embeddings from Semantic Motion Predict: batch "
+                                                     "item i of the latent gets frame i's embedding."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05,
                                tooltip="Scale of the image-prompt attention added to the text attention."),
                 io.Combo.Input("uncond", options=list(UNCOND), default=UNCOND[0],
                                tooltip="What the negative (uncond) batch sees: the tokens of a zero embedding, as "
                                        "IP-Adapter does, or only the text."),
             ],
-            outputs=[io.Model.Output(display_name="model")])
+            outputs=[io.Model.Output(
+                display_name="model",
+                tooltip="The patched model: connect it to a KSampler with a latent batch of frame_count, then "
+                        "VAE Decode and Save Video (Boundless).")])
 
     @classmethod
     def execute(cls, model, smp, motion, weight, uncond) -> io.NodeOutput:
@@ -253,19 +266,25 @@ class SaveVideo(io.ComfyNode):
             description="Write an image batch as a video (mp4 H.264, animated webp or gif) into the output folder; "
                         "also outputs it as ComfyUI's VIDEO for the core video nodes.",
             inputs=[
-                io.Image.Input("images", tooltip="The frames, in order."),
+                io.Image.Input("images", tooltip="The frames to write, in playback order: an image batch of one "
+                                                 "size, e.g. from VAE Decode or NCP State → Frames."),
                 io.String.Input("filename_prefix", default="Boundless/story_video",
                                 tooltip="Output file name prefix; may contain a subfolder."),
                 io.Combo.Input("format", options=list(video.FORMATS), default="mp4",
                                tooltip="mp4 (H.264 via imageio-ffmpeg), animated webp, or gif."),
-                io.Float.Input("fps", default=8.0, min=0.1, max=120.0, step=0.5, tooltip="Frames per second."),
+                io.Float.Input("fps", default=8.0, min=0.1, max=120.0, step=0.5,
+                               tooltip="Playback speed in frames per second (0.1-120): the video lasts the number "
+                                       "of frames / fps seconds. Higher is smoother and shorter."),
                 io.Int.Input("loop_count", default=0, min=0, max=100,
                              tooltip="webp/gif: how often the animation repeats; 0 = forever (mp4 has no loop flag)."),
                 io.Boolean.Input("pingpong", default=False,
                                  tooltip="Play forwards then backwards (a seamless loop for transitions)."),
                 io.Int.Input("quality", default=90, min=1, max=100, tooltip="mp4 / webp quality (gif ignores it)."),
             ],
-            outputs=[io.Video.Output(display_name="video")], is_output_node=True)
+            outputs=[io.Video.Output(display_name="video",
+                                     tooltip="The same frames as ComfyUI's VIDEO (the file is already saved): "
+                                             "optional, for core video nodes such as Save Video.")],
+            is_output_node=True)
 
     @classmethod
     def execute(cls, images, filename_prefix, format, fps, loop_count, pingpong, quality) -> io.NodeOutput:

@@ -21,7 +21,9 @@ class StandInVisionLoader(io.ComfyNode):
             node_id="BoundlessStandInVisionLoader", display_name="Stand-in Image Encoder (tests)",
             category="Boundless/testing",
             description="Test-only: EfficientNet-lite0 ImageNet features (1280-d) in place of a CLIP vision model.",
-            inputs=[], outputs=[io.ClipVision.Output(display_name="clip_vision")])
+            inputs=[], outputs=[io.ClipVision.Output(
+                display_name="clip_vision",
+                tooltip="Test-only stand-in image encoder: connect it to clip_vision of Semantic Motion Predict.")])
 
     @classmethod
     def execute(cls) -> io.NodeOutput:

@@ -101,12 +101,24 @@ class StoryPrompt(io.ComfyNode):
                                      "character. They are sampled first, share features and fill the bank."),
             ],
             outputs=[
-                StorySocket.Output(display_name="story"),
-                io.Conditioning.Output(display_name="identity"),
-                io.Conditioning.Output(display_name="panels"),
-                io.Conditioning.Output(display_name="negative"),
-                io.Int.Output(display_name="identity_count"),
-                io.Int.Output(display_name="panel_count"),
+                StorySocket.Output(display_name="story",
+                                   tooltip="The parsed story (characters, which lines are identity images, "
+                                           "captions): connect it to Consistent Self-Attention and Comic Page."),
+                io.Conditioning.Output(display_name="identity",
+                                       tooltip="The identity images' prompts, one row per image: connect it to "
+                                               "positive of the identity KSampler (latent batch = identity_count)."),
+                io.Conditioning.Output(display_name="panels",
+                                       tooltip="The other panels' prompts, one row per panel: connect it to "
+                                               "positive of the panel KSampler (latent batch = panel_count)."),
+                io.Conditioning.Output(display_name="negative",
+                                       tooltip="The negative prompt: connect it to negative of both the identity "
+                                               "and the panel KSampler."),
+                io.Int.Output(display_name="identity_count",
+                              tooltip="How many identity images the story has: connect it to batch_size of the "
+                                      "identity sampler's Empty Latent Image."),
+                io.Int.Output(display_name="panel_count",
+                              tooltip="How many panels follow the identity images: connect it to batch_size of "
+                                      "the panel sampler's Empty Latent Image."),
             ])
 
     @classmethod
@@ -154,7 +166,12 @@ class ConsistentSelfAttention(io.ComfyNode):
                 io.Int.Input("late_from_step", default=20, min=0, max=1000,
                              tooltip="Step from which skip_prob_late applies."),
             ],
-            outputs=[io.Model.Output(display_name="identity_model"), BankSocket.Output(display_name="bank")])
+            outputs=[io.Model.Output(display_name="identity_model",
+                                     tooltip="The model with Consistent Self-Attention: connect it to the KSampler "
+                                             "of the identity images (Story Prompt's identity prompts)."),
+                     BankSocket.Output(display_name="bank",
+                                       tooltip="The character bank this model fills while the identity images are "
+                                               "sampled: connect it to Read Character Bank.")])
 
     @classmethod
     def execute(cls, model, selection_seed, rate_h32, rate_h16, rate_h8, blocks, start_step, skip_prob_early,
@@ -186,7 +203,12 @@ class ReadCharacterBank(io.ComfyNode):
                                tooltip="Model for the panels; default: the model the identity pass used. Must be "
                                        "the same network (e.g. the same checkpoint with extra patches)."),
             ],
-            outputs=[io.Model.Output(display_name="panel_model"), io.String.Output(display_name="bank_report")])
+            outputs=[io.Model.Output(display_name="panel_model",
+                                     tooltip="The model that reads the banked character features: connect it to "
+                                             "the KSampler of the panels (Story Prompt's panels prompts)."),
+                     io.String.Output(display_name="bank_report",
+                                      tooltip="One line on what the bank holds (characters, identity images, "
+                                              "steps, layers, memory): connect it to Preview Any to check it.")])
 
     @classmethod
     def execute(cls, bank, identity_latent, model=None) -> io.NodeOutput:
@@ -222,16 +244,27 @@ class ComicPage(io.ComfyNode):
             description="Lay the story's images out in reading order on comic pages, with captions.",
             inputs=[
                 StorySocket.Input("story", tooltip="From Story Prompt (reading order and captions)."),
-                io.Image.Input("identity_images", tooltip="Decoded identity images."),
-                io.Image.Input("panel_images", tooltip="Decoded panels."),
-                io.Int.Input("columns", default=2, min=1, max=16, tooltip="Panels per row."),
-                io.Int.Input("rows", default=2, min=1, max=16, tooltip="Rows per page."),
+                io.Image.Input("identity_images",
+                               tooltip="The identity sampler's images after VAE Decode: exactly identity_count "
+                                       "of them, in batch order."),
+                io.Image.Input("panel_images",
+                               tooltip="The panel sampler's images after VAE Decode: exactly panel_count of them "
+                                       "(resized to the identity images' size if they differ)."),
+                io.Int.Input("columns", default=2, min=1, max=16,
+                             tooltip="How many images sit side by side on a page (1-16); the page is columns x "
+                                     "image width wide, plus borders."),
+                io.Int.Input("rows", default=2, min=1, max=16,
+                             tooltip="How many rows of images a page holds (1-16); further images start a new "
+                                     "page, unused cells of the last page stay white."),
                 io.Int.Input("border", default=10, min=0, max=256, tooltip="White margin around panels, in pixels."),
                 io.Int.Input("caption_size", default=0, min=0, max=256,
                              tooltip="Caption font size in pixels; 0 = about 1/17 of the panel height."),
                 io.Boolean.Input("captions", default=True, tooltip="Draw the captions (text after # in each line)."),
             ],
-            outputs=[io.Image.Output(display_name="pages")])
+            outputs=[io.Image.Output(
+                display_name="pages",
+                tooltip="The comic pages, one image per page in reading order: connect them to Save Image or "
+                        "Preview Image.")])
 
     @classmethod
     def execute(cls, story, identity_images, panel_images, columns, rows, border, caption_size,

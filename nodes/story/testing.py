@@ -88,9 +88,16 @@ class TinyUNetLoader(io.ComfyNode):
             node_id="BoundlessTinyUNetLoader", display_name="Tiny UNet Loader (tests)", category="Boundless/testing",
             description="Test-only: a tiny random-weight SD1.5-shaped model, text encoder and VAE.",
             inputs=[io.Int.Input("weights_seed", default=0, min=0, max=2**31 - 1,
-                                 tooltip="Seed of the random weights.")],
-            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
-                     io.Vae.Output(display_name="vae")])
+                                 tooltip="Seed of the random weights of the model, text encoder and VAE; the same "
+                                         "seed always gives the same tiny networks.")],
+            outputs=[io.Model.Output(display_name="model",
+                                     tooltip="Test-only tiny SD1.5-shaped model: connect it to a KSampler or "
+                                             "Consistent Self-Attention."),
+                     io.Clip.Output(display_name="clip",
+                                    tooltip="Test-only tiny text encoder: connect it to Story Prompt or CLIP "
+                                            "Text Encode."),
+                     io.Vae.Output(display_name="vae",
+                                   tooltip="Test-only tiny VAE: connect it to VAE Decode.")])
 
     @classmethod
     def execute(cls, weights_seed) -> io.NodeOutput:

@@ -35,7 +35,9 @@ class TextEncoderLoader(io.ComfyNode):
                                    tooltip="The packaged all-MiniLM-L6-v2, or a BERT .safetensors in "
                                            "models/text_encoders (its tokenizer.json or vocab.txt next to it). "
                                            "Use the encoder the generator was trained with.")],
-            outputs=[sockets.TextEncoderModel.Output(display_name="text_encoder")])
+            outputs=[sockets.TextEncoderModel.Output(
+                display_name="text_encoder",
+                tooltip="The loaded text encoder: connect it to Encode Text (Boundless).")])
 
     @classmethod
     def execute(cls, encoder_name) -> io.NodeOutput:
@@ -50,11 +52,16 @@ class EncodeText(io.ComfyNode):
             node_id="BoundlessEncodeText", display_name="Encode Text (Boundless)", category="Boundless/text",
             description="Encode a prompt for a text-conditioned Boundless generator (e.g. Infinity Generate Canvas). "
                         "An empty prompt means 'no text' for models trained with caption dropout.",
-            inputs=[sockets.TextEncoderModel.Input("text_encoder", tooltip="From Text Encoder Loader."),
+            inputs=[sockets.TextEncoderModel.Input("text_encoder",
+                                                   tooltip="The BERT/MiniLM encoder from Text Encoder Loader: the "
+                                                           "one the generator was trained with."),
                     io.String.Input("prompt", multiline=True, default="",
                                     tooltip=f"What to paint. At most {CONTEXT_TOKENS - 2} word pieces are used "
                                             "(longer prompts are cut, with a warning).")],
-            outputs=[sockets.Text.Output(display_name="text")])
+            outputs=[sockets.Text.Output(
+                display_name="text",
+                tooltip="The encoded prompt for the whole canvas: connect it to the text input of an Infinity "
+                        "node, or to Regional Text (as text or region_text).")])
 
     @classmethod
     def execute(cls, text_encoder, prompt) -> io.NodeOutput:
@@ -81,9 +88,16 @@ class RegionalText(io.ComfyNode):
                                  tooltip="First patch column of the region, counted on the output canvas "
                                          "(after outpainting) from its left edge."),
                     io.Int.Input("row", default=0, min=0, max=65535, tooltip="First patch row, from the top."),
-                    io.Int.Input("cols", default=1, min=1, max=65535, tooltip="Region width in patches."),
-                    io.Int.Input("rows", default=1, min=1, max=65535, tooltip="Region height in patches.")],
-            outputs=[sockets.Text.Output(display_name="text")])
+                    io.Int.Input("cols", default=1, min=1, max=65535,
+                                 tooltip="Width of the region in patches of the output canvas, counted right from "
+                                         "col; any part beyond the canvas edge is simply unused."),
+                    io.Int.Input("rows", default=1, min=1, max=65535,
+                                 tooltip="Height of the region in patches of the output canvas, counted down from "
+                                         "row; any part beyond the canvas edge is simply unused.")],
+            outputs=[sockets.Text.Output(
+                display_name="text",
+                tooltip="The prompts with this region added: connect it to the text input of an Infinity node, "
+                        "or to another Regional Text to add more regions.")])
 
     @classmethod
     def execute(cls, text: PromptMap, region_text: PromptMap, col, row, cols, rows) -> io.NodeOutput:

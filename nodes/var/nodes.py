@@ -108,7 +108,10 @@ class VARLoader(io.ComfyNode):
                     io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                    tooltip="Transformer weight dtype: auto = fp32 on CPU, bf16 (or fp16) on GPU. "
                                            "Logits and the VQVAE always run in fp32.")],
-            outputs=[VARModel.Output(display_name="var_model")])
+            outputs=[VARModel.Output(
+                display_name="var_model",
+                tooltip="The VAR VQVAE and transformer together: connect it to VAR Sample, VAR Edit, VAR Encode "
+                        "or VAR Decode.")])
 
     @classmethod
     def execute(cls, vqvae_name, transformer_name, precision) -> io.NodeOutput:
@@ -130,19 +133,26 @@ class VARSample(io.ComfyNode):
         return io.Schema(
             node_id="BoundlessVARSample", display_name="VAR Sample", category=CATEGORY,
             description="Generate ImageNet-class images by next-scale prediction (10 scales, KV cache).",
-            inputs=[VARModel.Input("var_model", tooltip="Models from VAR Loader."),
+            inputs=[VARModel.Input("var_model", tooltip="The VQVAE and transformer from VAR Loader; 256-px "
+                                                        "models draw 256x256 images, var_d36 512x512."),
                     io.Combo.Input("class_name", options=class_choices(), default="207: golden retriever",
                                    tooltip="ImageNet class to draw; 'random' draws a class per image from the "
                                            "seed, 'unconditional' uses the null class."),
                     *_sampling_inputs(cfg_default=4.0, smooth_default=False),
                     io.Int.Input("batch_size", default=1, min=1, max=64,
-                                 tooltip="Images per class."),
+                                 tooltip="How many images to draw per class (1-64): the batch size for "
+                                         "class_name or 'random'; with a classes list, each class gets this many."),
                     io.String.Input("classes", default="", multiline=False,
                                     tooltip="Optional list of classes (ids or ImageNet names, separated by commas) "
                                             "that replaces class_name; each gets batch_size images. Names match "
                                             "in any case, but the exact case wins ('Cardigan' 264 is the corgi, "
                                             "'cardigan' 474 the sweater).")],
-            outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The generated images (batch_size per class, classes in order): "
+                                             "connect them to Preview Image or Save Image."),
+                     sockets.Tokens.Output(display_name="tokens",
+                                           tooltip="The same images as VAR's multi-scale tokens: connect them to "
+                                                   "VAR Decode.")])
 
     @classmethod
     def execute(cls, var_model, class_name, seed, cfg, top_k, top_p, more_smooth, previews, batch_size,
@@ -170,7 +180,8 @@ class VAREdit(io.ComfyNode):
             node_id="BoundlessVAREdit", display_name="VAR Edit", category=CATEGORY,
             description="Zero-shot editing as in the authors' notebook: tokens of the image are kept outside the "
                         "mask and regenerated inside it, scale by scale.",
-            inputs=[VARModel.Input("var_model", tooltip="Models from VAR Loader."),
+            inputs=[VARModel.Input("var_model", tooltip="The VQVAE and transformer from VAR Loader; the image "
+                                                        "must be at its size (256x256, or 512x512 for var_d36)."),
                     io.Image.Input("image", tooltip="Image to edit, at the model's size (256x256, or 512x512 for "
                                                     "var_d36)."),
                     io.Mask.Input("mask", tooltip="White = regenerate, black = keep; same size as the image. Every "
@@ -187,7 +198,12 @@ class VAREdit(io.ComfyNode):
                     io.Boolean.Input("composite", default=True,
                                      tooltip="Paste the original pixels back outside the mask (blended by the "
                                              "mask), since tokens can only follow the mask in 16-pixel steps.")],
-            outputs=[io.Image.Output(display_name="image"), sockets.Tokens.Output(display_name="tokens")])
+            outputs=[io.Image.Output(display_name="image",
+                                     tooltip="The edited images (with the original pasted back outside the mask "
+                                             "when composite is on): connect them to Preview Image or Save Image."),
+                     sockets.Tokens.Output(display_name="tokens",
+                                           tooltip="The edited images as VAR's multi-scale tokens: connect them to "
+                                                   "VAR Decode.")])
 
     @classmethod
     def execute(cls, var_model, image, mask, mode, class_name, seed, cfg, top_k, top_p, more_smooth, previews,
@@ -216,7 +232,9 @@ class VAREncode(io.ComfyNode):
             "BoundlessVAREncode", "VAR Encode",
             "Image -> VAR's multi-scale tokens (one token map per scale of the model's schedule).",
             io.Image.Input("image", tooltip="Image at the model's size (256x256, or 512x512 for var_d36)."),
-            sockets.Tokens.Output(display_name="tokens"))
+            sockets.Tokens.Output(display_name="tokens",
+                                  tooltip="The image as VAR's multi-scale tokens (one map per scale): connect them "
+                                          "to VAR Decode."))
 
     @classmethod
     def execute(cls, var_model, image) -> io.NodeOutput:
@@ -236,7 +254,8 @@ class VARDecode(io.ComfyNode):
         return _vqvae_node_schema(
             "BoundlessVARDecode", "VAR Decode", "VAR's multi-scale tokens -> image (sums every scale, then decodes).",
             sockets.Tokens.Input("tokens", tooltip="Tokens from VAR Encode, Sample or Edit."),
-            io.Image.Output(display_name="image"))
+            io.Image.Output(display_name="image",
+                            tooltip="The decoded images: connect them to Preview Image or Save Image."))
 
     @classmethod
     def execute(cls, var_model, tokens) -> io.NodeOutput:

@@ -34,7 +34,10 @@ class VQGANLoader(io.ComfyNode):
             inputs=[io.Combo.Input("vqgan_name", options=comfy_glue.model_files("vqgan"),
                                    tooltip="Weight file in models/vqgan (taming vqgan_imagenet_f16_16384, "
                                            "latent-diffusion vq-f4/f8/f16, or the pack's demo model).")],
-            outputs=[sockets.VQGANModel.Output(display_name="vqgan")])
+            outputs=[sockets.VQGANModel.Output(
+                display_name="vqgan",
+                tooltip="The loaded VQGAN tokenizer: connect it to VQGAN Encode / Decode, NCP State → Image or "
+                        "→ Frames, or Infinity Stream Canvas (or preview_vqgan of the Infinity nodes).")])
 
     @classmethod
     def execute(cls, vqgan_name) -> io.NodeOutput:
@@ -48,8 +51,10 @@ class VQGANEncode(io.ComfyNode):
         return io.Schema(
             node_id="BoundlessVQGANEncode", display_name="VQGAN Encode", category="Boundless/vq",
             description="Turn an image into discrete VQGAN tokens (one token per f x f pixels).",
-            inputs=[sockets.VQGANModel.Input("vqgan", tooltip="Tokenizer from VQGAN Loader."),
-                    io.Image.Input("image", tooltip="Image batch to tokenize."),
+            inputs=[sockets.VQGANModel.Input("vqgan", tooltip="The VQGAN tokenizer from VQGAN Loader; use the one "
+                                                              "your generator was trained with."),
+                    io.Image.Input("image", tooltip="Image batch to tokenize; any size, fitted to a multiple of "
+                                                    "the VQGAN's factor by size_policy."),
                     io.Combo.Input("size_policy", options=list(SIZE_POLICIES), default="pad",
                                    tooltip="For sizes that are not a multiple of the factor: 'pad' replicates "
                                            "the right/bottom edge up to the next multiple, 'crop' drops the "
@@ -62,7 +67,10 @@ class VQGANEncode(io.ComfyNode):
                                            "the latent is within this much of the nearest code's: flat areas "
                                            "stop flickering between near-duplicate codes. The demo walk model was "
                                            "trained on tokens made with 0.05 and the demo VQGAN.")],
-            outputs=[sockets.Tokens.Output(display_name="tokens")])
+            outputs=[sockets.Tokens.Output(
+                display_name="tokens",
+                tooltip="The images as VQGAN tokens (one per f x f pixels): connect them to NCP State from Tokens "
+                        "to extend the image with Infinity, or to VQGAN Decode.")])
 
     @classmethod
     def execute(cls, vqgan, image, size_policy, tile_size, tile_margin, temporal_stability=0.0) -> io.NodeOutput:
@@ -87,7 +95,9 @@ class VQGANDecode(io.ComfyNode):
             inputs=[sockets.VQGANModel.Input("vqgan", tooltip="The tokenizer that made the tokens."),
                     sockets.Tokens.Input("tokens", tooltip="Tokens from VQGAN Encode or a generator node."),
                     *tile_inputs()],
-            outputs=[io.Image.Output(display_name="image")])
+            outputs=[io.Image.Output(
+                display_name="image",
+                tooltip="The decoded images: connect them to Preview Image or Save Image.")])
 
     @classmethod
     def execute(cls, vqgan, tokens, tile_size, tile_margin) -> io.NodeOutput:
@@ -111,7 +121,10 @@ class PixelGuideLoader(io.ComfyNode):
             inputs=[io.Combo.Input("guide_name", options=comfy_glue.model_files("pixel_guide"),
                                    tooltip="Guide file in models/pixel_guide, trained for your VQGAN (the pack "
                                            "ships boundless_demo_f16_guide.safetensors for the demo VQGAN).")],
-            outputs=[sockets.PixelGuide.Output(display_name="pixel_guide")])
+            outputs=[sockets.PixelGuide.Output(
+                display_name="pixel_guide",
+                tooltip="The VQGAN's pixel guide: connect it to pixel_guide of NCP State → Frames for steadier "
+                        "video frames.")])
 
     @classmethod
     def execute(cls, guide_name) -> io.NodeOutput:
