@@ -8,7 +8,7 @@ import importlib
 import logging
 
 # Modules (under nodes/) that define a NODES list of ComfyUI node classes.
-NODE_MODULES = ("vq.nodes", "text.nodes", "infinity.nodes", "paella.nodes", "var.nodes", "story.nodes", "story.motion_nodes")
+NODE_MODULES = ("common.nodes", "vq.nodes", "text.nodes", "infinity.nodes", "paella.nodes", "var.nodes", "story.nodes", "story.motion_nodes")
 
 try:
     import comfy.utils  # noqa: F401  (only present inside ComfyUI)

@@ -88,3 +88,22 @@ def test_shipped_workflow_runs(comfy, path):
             assert min(image.size) >= 16
             lo, hi = image.convert("L").getextrema()
             assert hi - lo > 8, f"{path.name} node {node_id} produced a flat image"
+
+
+def test_no_shipped_workflow_needs_files_copied_into_comfyui_input():
+    """Opened from the template browser, a workflow must run as it is: pictures come from the pack
+    (Load Example Image), never from ComfyUI's input/ folder."""
+    for path in WORKFLOWS.glob("*.json"):
+        kinds = {node["type"] for node in json.loads(path.read_text())["nodes"]}
+        assert not kinds & {"LoadImage", "LoadImageMask", "LoadImageOutput"}, path.name
+
+
+def test_example_image_node_gives_the_pack_picture(comfy):
+    import numpy as np
+    from PIL import Image
+    name = "boundless_shore.png"
+    outputs = comfy.run({"e": {"class_type": "BoundlessExampleImage", "inputs": {"image": name}},
+                         "p": {"class_type": "PreviewImage", "inputs": {"images": ["e", 0]}}})
+    shown = np.asarray(comfy.images(outputs, "p")[0].convert("RGB"))
+    assert np.array_equal(shown, np.asarray(Image.open(WORKFLOWS / "inputs" / name).convert("RGB")))
+    assert name in comfy.object_info()["BoundlessExampleImage"]["input"]["required"]["image"][1]["options"]

@@ -8,7 +8,11 @@ In every layer the self-attention keys/values are ``[context patches ‖ own cau
   of the same layer of the selected NCP patches (``ncp.PatchCache``), each shifted by a learned
   relative-position vector of its offset (``rel_k``/``rel_v``, one row per window cell, see
   ``adc.relative_index``);
-* the own part gets the table's centre row, so the current patch is position (0, 0, 0).
+* the own part gets the table's centre row, so the current patch is position (0, 0, 0);
+* with token geometry (``config.rope_base``, see ``rope.py``) every query and key, own or context,
+  is also rotated by its token's canvas coordinates, so attention scores depend on the offset
+  between two tokens and a patch finds the neighbour tokens it continues (the old design could not,
+  BENCHMARKS.md "Continuity").
 
 A finished patch's cache is each layer's normalised input at positions 1..T, i.e. one entry per
 token, so every token, the last included, is visible to later patches. Projecting context states
