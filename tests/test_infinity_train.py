@@ -142,3 +142,28 @@ def test_video_training_learns_to_use_the_previous_frame():
     assert all(p.grad is None or not p.grad.isnan().any() for p in model.parameters())
     # Frames 1 and 2 (2/3 of the tokens) become predictable: at least a third of ln(16) saved.
     assert with_frames < without - torch.log(torch.tensor(16.0)).item() / 3
+
+
+def test_input_noise_corrupts_what_the_model_reads_not_what_it_must_predict():
+    model = tiny_model(0, n_embed=64)
+    canvas = torch.randint(0, 64, (4, 1, 8, 8))
+    fed = []
+
+    class Recorder(torch.nn.Module):
+        config = model.config
+
+        def forward(self, tokens, context, order, text):
+            fed.append(tokens.clone())
+            return model(tokens, context, order, text)
+
+    clean = training.chain_loss(model, canvas, "down", config.Extents(1, 1, 0), patch_h=2, patch_w=2, backward=False)
+    fed.clear()
+    generator = torch.Generator().manual_seed(0)
+    noisy = training.chain_loss(Recorder(), canvas, "down", config.Extents(1, 1, 0), patch_h=2, patch_w=2,
+                                backward=False, input_noise=0.5, generator=generator)
+    truth = torch.cat([canvas[:, 0, r * 2:r * 2 + 2, c * 2:c * 2 + 2].reshape(4, 4) for r in range(4) for c in range(4)])
+    changed = float((torch.cat(fed) != truth).float().mean())
+    assert 0.4 < changed < 0.55                    # half replaced, a few by the same code (1/64)
+    assert noisy != clean                          # the loss is still taken against the true tokens
+    with pytest.raises(errors.BoundlessError, match="input-noise"):
+        train.main(["--tokens", "x.safetensors", "--out", "y.safetensors", "--input-noise", "1.5"])

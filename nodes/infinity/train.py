@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=int, default=4)
     run.add_argument("--lr", type=float, default=3e-4)
     run.add_argument("--label-smoothing", type=float, default=0.0)
+    run.add_argument("--input-noise", type=float, default=0.0,
+                     help="share of the tokens fed to the model replaced by random codes (the loss still asks for "
+                          "the true ones), so sampling recovers from its own mistakes; e.g. 0.1")
     run.add_argument("--steps", type=int, default=1000)
     run.add_argument("--minutes", type=float, default=0.0, help="also stop after this wall time (0 = no limit)")
     run.add_argument("--save-every", type=int, default=500)
@@ -184,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> InfinityTransformer:
     """Train; returns the model as saved in ``--out`` (with ``--val-tokens``: the best step, not the last)."""
     args = build_parser().parse_args(argv)
+    if not 0.0 <= args.input_noise < 1.0:
+        raise BoundlessError(f"--input-noise is a share of tokens in [0, 1), got {args.input_noise}")
     torch.set_num_threads(args.threads)
     rank, world, device = distributed_setup()
     torch.manual_seed(args.seed + rank)
@@ -235,7 +240,7 @@ def main(argv=None) -> InfinityTransformer:
         optimizer.zero_grad(set_to_none=True)
         loss = chain_loss(net, canvas.to(device), order, cfg.trained_extents, patch_h=cfg.patch_h,
                           patch_w=cfg.patch_w, wrap=args.wrap, text=None if text is None else text.to(device),
-                          label_smoothing=args.label_smoothing, no_sync=no_sync)
+                          label_smoothing=args.label_smoothing, input_noise=args.input_noise, no_sync=no_sync)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         out_of_time = torch.tensor(float(bool(args.minutes) and time.time() - started > args.minutes * 60),

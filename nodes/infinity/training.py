@@ -24,9 +24,16 @@ from .ncp import NearbyContextPool, PatchCache
 
 def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: Extents, *,
                patch_h: int, patch_w: int, wrap: bool = False, text: Optional[torch.Tensor] = None,
-               label_smoothing: float = 0.0, backward: bool = True,
+               label_smoothing: float = 0.0, backward: bool = True, input_noise: float = 0.0,
+               generator: Optional[torch.Generator] = None,
                no_sync: Optional[Callable[[], contextlib.AbstractContextManager]] = None) -> float:
     """Mean per-token cross-entropy of one canvas chain; gradients accumulate when ``backward``.
+
+    input_noise: share of the tokens *fed* to the model (own prefix, and through the caches the
+    context) replaced by random codes, while the loss still asks for the true tokens. Teacher
+    forcing alone lets a model lean on copying the previous token; sampling then never recovers
+    from its first wrong token and drifts into another picture (the outpainting failure measured in
+    BENCHMARKS.md "Continuity"). With noisy inputs it must also read its other neighbours.
 
     net: the model, or its DistributedDataParallel wrapper (called as ``net(tokens, context,
     order, text)``). no_sync: the wrapper's ``no_sync``, used for every patch but the last so
@@ -43,10 +50,15 @@ def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: E
     total = 0.0
     for step, pos in enumerate(sequence):
         tokens_bt = read_patch(canvas_bfhw, pos, patch_h, patch_w)
+        inputs_bt = tokens_bt
+        if input_noise > 0:
+            noisy_bt = torch.rand(tokens_bt.shape, generator=generator, device=tokens_bt.device) < input_noise
+            random_bt = torch.randint(n_codes(net), tokens_bt.shape, generator=generator, device=tokens_bt.device)
+            inputs_bt = torch.where(noisy_bt, random_bt, tokens_bt)
         final = step == len(sequence) - 1
         sync = no_sync() if (no_sync is not None and not final) else contextlib.nullcontext()
         with sync:
-            logits_btv, cache = net(tokens_bt, pool.select(pos), oid, text)
+            logits_btv, cache = net(inputs_bt, pool.select(pos), oid, text)
             loss = F.cross_entropy(logits_btv.flatten(0, 1).float(), tokens_bt.flatten(),
                                    label_smoothing=label_smoothing)
             if backward:
@@ -55,6 +67,11 @@ def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: E
         pool.remove(step, last_uses)
         total += float(loss.detach())
     return total / len(sequence)
+
+
+def n_codes(net: nn.Module) -> int:
+    """Vocabulary size of the model or of its DistributedDataParallel wrapper."""
+    return getattr(net, "module", net).config.n_embed
 
 
 class CanvasSampler:
