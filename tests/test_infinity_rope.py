@@ -22,14 +22,14 @@ def test_scores_depend_only_on_the_offset_between_tokens():
     q, k = torch.randn(1, 1, 1, head_dim, dtype=torch.float64), torch.randn(1, 1, 1, head_dim, dtype=torch.float64)
 
     def score(at_q, at_k):
-        tq = rope.angles(torch.tensor([at_q]), head_dim, axes, 100).double()
-        tk = rope.angles(torch.tensor([at_k]), head_dim, axes, 100).double()
+        tq = rope.rotation(rope.angles(torch.tensor([at_q]), head_dim, axes, 100), torch.float64)
+        tk = rope.rotation(rope.angles(torch.tensor([at_k]), head_dim, axes, 100), torch.float64)
         return float((rope.rotate(q, tq) * rope.rotate(k, tk)).sum())
 
     assert score((3, 5, 0), (2, 5, 0)) == pytest.approx(score((-7, 40, -1), (-8, 40, -1)), abs=1e-5)
     assert score((3, 5, 0), (2, 5, 0)) != pytest.approx(score((3, 5, 0), (3, 4, 0)), abs=1e-6)
     # rotation keeps lengths, and the time axis matters only for video models (3 axes)
-    rotated = rope.rotate(q, rope.angles(torch.tensor([(4, 9, -1)]), head_dim, axes, 100).double())
+    rotated = rope.rotate(q, rope.rotation(rope.angles(torch.tensor([(4, 9, -1)]), head_dim, axes, 100), torch.float64))
     assert float(rotated.norm()) == pytest.approx(float(q.norm()))
     image_theta = rope.angles(torch.tensor([(4, 9, -1), (4, 9, 0)]), 8, 2, 100)
     assert torch.equal(image_theta[0], image_theta[1])
@@ -58,7 +58,7 @@ def test_config_checks_and_old_files_keep_their_identity():
 
 def test_a_shipped_model_of_the_older_design_still_loads_as_it_was():
     walk = checkpoint.load_infinity(str(ROOT / "models" / "infinity" / "boundless_demo_walk.safetensors"))
-    assert walk.config.rope_base == 0 and walk.own_theta() is None
+    assert walk.config.rope_base == 0 and walk.own_rotation() is None
     assert "rope_base" not in walk.state_dict()
 
 

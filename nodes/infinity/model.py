@@ -78,25 +78,26 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x_bsd).chunk(3, dim=-1)
         return split_heads(q, self.heads), k, v
 
-    def context(self, hidden_bnd: torch.Tensor, rel_n: torch.Tensor, theta_nr: Optional[torch.Tensor]) -> LayerKV:
+    def context(self, hidden_bnd: torch.Tensor, rel_n: torch.Tensor, rot: Optional[rope.Rotation]) -> LayerKV:
         """Keys/values of cached context states, shifted by their relative-position rows (and rotated
         by their canvas coordinates with token geometry), split into heads."""
         dim = hidden_bnd.shape[-1]
         keys, values = F.linear(hidden_bnd, self.qkv.weight[dim:], self.qkv.bias[dim:]).chunk(2, dim=-1)
         keys = split_heads(keys + self.rel_k[rel_n], self.heads)
-        if theta_nr is not None:
-            keys = rope.rotate(keys, theta_nr)
+        if rot is not None:
+            keys = rope.rotate(keys, rot)
         return keys, split_heads(values + self.rel_v[rel_n], self.heads)
 
     def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int,
-                theta: Optional[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Teacher-forced pass over a whole (normalised) prefix; ``theta``: own query/key angles or None."""
+                rot: Optional[tuple[rope.Rotation, rope.Rotation]]) -> torch.Tensor:
+        """Teacher-forced pass over a whole (normalised) prefix; ``rot``: own query/key rotations or None."""
         q, k, v = self.project(x_bsd)
         k_own = split_heads(k + self.rel_k[center], self.heads)
         v_own = split_heads(v + self.rel_v[center], self.heads)
-        if theta is not None:
+        if rot is not None:
             s = x_bsd.shape[1]
-            q, k_own = rope.rotate(q, theta[0][:s]), rope.rotate(k_own, theta[1][:s])
+            (q_cos, q_sin), (k_cos, k_sin) = rot
+            q, k_own = rope.rotate(q, (q_cos[:s], q_sin[:s])), rope.rotate(k_own, (k_cos[:s], k_sin[:s]))
         if context is None:
             out = F.scaled_dot_product_attention(q, k_own, v_own, is_causal=True)
         else:
@@ -151,10 +152,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = MLP(cfg)
 
-    def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV], theta=None):
+    def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV], rot=None):
         """Returns the block output and the attention's normalised input (the NCP cache entry)."""
         h_bsd = self.norm1(x_bsd)
-        x_bsd = x_bsd + self.attn(h_bsd, context, center, theta)
+        x_bsd = x_bsd + self.attn(h_bsd, context, center, rot)
         if text is not None:
             x_bsd = x_bsd + self.cross(self.norm_text(x_bsd), text)
         return x_bsd + self.mlp(self.norm2(x_bsd)), h_bsd
@@ -177,7 +178,7 @@ class InfinityTransformer(nn.Module):
             self.frame_align = nn.Linear(cfg.dim, cfg.dim)
         if cfg.rope_base:
             self.register_buffer("rope_base", torch.tensor(cfg.rope_base, dtype=torch.int64))
-        self._own_theta: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._own_rotation: dict[tuple, tuple[rope.Rotation, rope.Rotation]] = {}
         # Integers the shapes cannot tell; saved with the weights so a checkpoint is self-describing.
         self.register_buffer("patch_shape", torch.tensor([cfg.patch_h, cfg.patch_w], dtype=torch.int64))
         self.register_buffer("trained_extents", torch.tensor(cfg.trained_extents.as_tuple(), dtype=torch.int64))
@@ -224,18 +225,19 @@ class InfinityTransformer(nn.Module):
         return self._fingerprint
 
     # -- token geometry ---------------------------------------------------------------------------
-    def own_theta(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """Rotation angles ``[T + 1, head_dim / 2]`` of the current patch's queries and keys (float32,
-        made once per device), or None for a model without token geometry."""
+    def own_rotation(self) -> Optional[tuple[rope.Rotation, rope.Rotation]]:
+        """Rotations (cos, sin ``[T + 1, head_dim / 2]``) of the current patch's queries and keys, made
+        once per device and dtype, or None for a model without token geometry."""
         cfg = self.config
         if not cfg.rope_base:
             return None
-        device = self.pos_emb.device
-        if device not in self._own_theta:
-            q_coords, k_coords = rope.own_coords(cfg.tokens_per_patch, cfg.patch_w, device)
-            self._own_theta[device] = tuple(rope.angles(c, cfg.head_dim, cfg.rope_axes, cfg.rope_base)
-                                            for c in (q_coords, k_coords))
-        return self._own_theta[device]
+        key = (self.pos_emb.device, self.pos_emb.dtype)
+        if key not in self._own_rotation:
+            q_coords, k_coords = rope.own_coords(cfg.tokens_per_patch, cfg.patch_w, key[0])
+            self._own_rotation[key] = tuple(
+                rope.rotation(rope.angles(c, cfg.head_dim, cfg.rope_axes, cfg.rope_base), key[1])
+                for c in (q_coords, k_coords))
+        return self._own_rotation[key]
 
     # -- conditioning -----------------------------------------------------------------------------
     def prepare_context(self, context: Sequence[ContextItem]) -> list[Optional[LayerKV]]:
@@ -249,11 +251,11 @@ class InfinityTransformer(nn.Module):
         hidden = torch.cat([item.cache.hidden for item in context], dim=2).to(device, self.pos_emb.dtype)
         rel_n = torch.tensor([relative_index(item.offset, cfg.trained_extents) for item in context],
                              device=device).repeat_interleave(t)                     # [N*T]
-        theta_nr = None
+        rot = None
         if cfg.rope_base:
             coords = rope.context_coords([item.offset for item in context], cfg.patch_h, cfg.patch_w, device)
-            theta_nr = rope.angles(coords, cfg.head_dim, cfg.rope_axes, cfg.rope_base)
-        return [block.attn.context(hidden[layer], rel_n, theta_nr) for layer, block in enumerate(self.blocks)]
+            rot = rope.rotation(rope.angles(coords, cfg.head_dim, cfg.rope_axes, cfg.rope_base), hidden.dtype)
+        return [block.attn.context(hidden[layer], rel_n, rot) for layer, block in enumerate(self.blocks)]
 
     def aligned_input(self, context: Sequence[ContextItem]) -> Optional[torch.Tensor]:
         """Input shift ``[B, T, dim]`` of each token position from the previous frame (frame alignment).
@@ -312,9 +314,9 @@ class InfinityTransformer(nn.Module):
             n = min(x.shape[1], t)            # position j predicts token j: it gets token j's shift
             x = torch.cat([x[:, :n] + aligned_btd[:, :n], x[:, n:]], dim=1)
         hidden = []
-        theta = self.own_theta()
+        rot = self.own_rotation()
         for block, ctx, txt in zip(self.blocks, contexts, texts):
-            x, h = block(x, ctx, center, txt, theta)
+            x, h = block(x, ctx, center, txt, rot)
             hidden.append(h[:, 1:])
         logits = self.head(self.norm(x[:, :t]))
         return logits, PatchCache(torch.stack(hidden))
@@ -356,7 +358,11 @@ class PatchDecoder:
         # The current patch's own keys/values get the centre row of the relative table.
         self.shift_k = [block.attn.rel_k[self.center].detach() for block in model.blocks]
         self.shift_v = [block.attn.rel_v[self.center].detach() for block in model.blocks]
-        self.theta = model.own_theta()                                            # rope angles or None
+        rot = model.own_rotation()
+        self.rot = rot
+        if rot is not None:      # per-position rows sliced once here, not at every step and layer
+            self.q_rot = [(c[None], sn[None]) for c, sn in zip(*rot[0])]
+            self.k_rot = [(c[None], sn[None]) for c, sn in zip(*rot[1])]
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
         self.batch = batch
         self.fed = 0
@@ -385,9 +391,9 @@ class PatchDecoder:
             self.hidden[layer, :, s] = h[:, 0]
             q, k, v = attn.project(h)                                              # k, v [B, 1, dim]
             k_bh1d = split_heads(k + self.shift_k[layer], self.heads)
-            if self.theta is not None:
-                q = rope.rotate(q, self.theta[0][s:s + 1])
-                k_bh1d = rope.rotate(k_bh1d, self.theta[1][s:s + 1])
+            if self.rot is not None:
+                q = rope.rotate(q, self.q_rot[s])
+                k_bh1d = rope.rotate(k_bh1d, self.k_rot[s])
             self.k_buf[layer][:, :, end - 1:end] = k_bh1d
             self.v_buf[layer][:, :, end - 1:end] = split_heads(v + self.shift_v[layer], self.heads)
             if s == self.t and layer == last_layer:

@@ -56,9 +56,17 @@ def angles(coords_n3: torch.Tensor, head_dim: int, axes: int, base: int) -> torc
     return theta
 
 
-def rotate(x_bhnd: torch.Tensor, theta_nr: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs ``(x[..., i], x[..., i + d/2])`` of queries or keys by ``theta`` (half-split layout)."""
-    cos, sin = theta_nr.cos().to(x_bhnd.dtype), theta_nr.sin().to(x_bhnd.dtype)
+Rotation = tuple[torch.Tensor, torch.Tensor]   # cos, sin [N, head_dim / 2]
+
+
+def rotation(theta_nr: torch.Tensor, dtype: torch.dtype) -> Rotation:
+    """cos and sin of the angles, computed in float32 and cast once to the model's dtype."""
+    return theta_nr.cos().to(dtype), theta_nr.sin().to(dtype)
+
+
+def rotate(x_bhnd: torch.Tensor, rot: Rotation) -> torch.Tensor:
+    """Rotate the pairs ``(x[..., i], x[..., i + d/2])`` of queries or keys (half-split layout)."""
+    cos, sin = rot
     x1, x2 = x_bhnd.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
