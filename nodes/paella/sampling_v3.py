@@ -156,7 +156,10 @@ def sample_v3(model: PaellaV3, cond: V3Condition, uncond: Optional[V3Condition],
         else:
             probs_bkhw = logits.div(temp_i[i].to(device)).softmax(dim=1)
             if step_mode == "multinomial":
-                rows_nk = probs_bkhw.permute(0, 2, 3, 1).reshape(-1, num_labels).cpu().contiguous()
+                # Exactly the reference's view: at batch 1 the reshape is a strided view of the
+                # [1, K, H, W] probabilities, and torch.multinomial draws its variates in memory
+                # order, so making it contiguous would give other tokens (shared OPS.md, RNG contract).
+                rows_nk = probs_bkhw.cpu().permute(0, 2, 3, 1).reshape(-1, num_labels)
                 x = torch.multinomial(rows_nk, 1, generator=generator)[:, 0].view(batch, height, width).to(device)
             else:
                 mixed_nc = probs_bkhw.permute(0, 2, 3, 1).reshape(-1, num_labels).to(codebook.device) @ codebook.float()
