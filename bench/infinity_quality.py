@@ -154,10 +154,9 @@ def score_outpaint(tok: Tokenizer, case: dict, cont_tokens: torch.Tensor, patch_
             cont)
 
 
-def interleaved_seconds_per_patch(paths: dict[str, str], rounds: int) -> dict[str, float]:
+def interleaved_seconds_per_patch(models: dict, rounds: int) -> dict[str, float]:
     """Best-of-``rounds`` seconds per generated patch of each model, the models taking turns in each
     round so that a busy machine slows them alike (4×2-patch canvases, the generation settings)."""
-    models = {name: checkpoint.load_infinity(path).eval() for name, path in paths.items()}
     best = {name: float("inf") for name in models}
     for seed in range(rounds):
         for name, model in models.items():
@@ -200,7 +199,8 @@ def main(argv=None) -> dict:
         return features(chosen)
 
     # -- references ---------------------------------------------------------------------------------
-    first = checkpoint.load_infinity(next(iter(models.values())))
+    models = {name: checkpoint.load_infinity(path).eval() for name, path in models.items()}
+    first = next(iter(models.values()))
     ph, pw = first.config.patch_h, first.config.patch_w
     patch_px = pw * vqgan.factor
     real = pictures()
@@ -263,8 +263,7 @@ def main(argv=None) -> dict:
     result["outpaint_baselines"] = outpaint
 
     # -- each model ------------------------------------------------------------------------------------
-    for name, path in models.items():
-        model = checkpoint.load_infinity(path).eval()
+    for name, model in models.items():
         canvases, started, patches = [], time.perf_counter(), 0
         for seed in range(args.canvases):
             state = sampler.generate_canvas(model, 8, 2, order="right", extents=EXTENTS, seed=seed, **SAMPLING)

@@ -358,11 +358,10 @@ class PatchDecoder:
         # The current patch's own keys/values get the centre row of the relative table.
         self.shift_k = [block.attn.rel_k[self.center].detach() for block in model.blocks]
         self.shift_v = [block.attn.rel_v[self.center].detach() for block in model.blocks]
+        # Token geometry: per-position (cos, sin) rows sliced once here, not at every step and layer.
         rot = model.own_rotation()
-        self.rot = rot
-        if rot is not None:      # per-position rows sliced once here, not at every step and layer
-            self.q_rot = [(c[None], sn[None]) for c, sn in zip(*rot[0])]
-            self.k_rot = [(c[None], sn[None]) for c, sn in zip(*rot[1])]
+        self.q_rot = None if rot is None else [(c[None], sn[None]) for c, sn in zip(*rot[0])]
+        self.k_rot = None if rot is None else [(c[None], sn[None]) for c, sn in zip(*rot[1])]
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
         self.batch = batch
         self.fed = 0
@@ -391,7 +390,7 @@ class PatchDecoder:
             self.hidden[layer, :, s] = h[:, 0]
             q, k, v = attn.project(h)                                              # k, v [B, 1, dim]
             k_bh1d = split_heads(k + self.shift_k[layer], self.heads)
-            if self.rot is not None:
+            if self.q_rot is not None:
                 q = rope.rotate(q, self.q_rot[s])
                 k_bh1d = rope.rotate(k_bh1d, self.k_rot[s])
             self.k_buf[layer][:, :, end - 1:end] = k_bh1d

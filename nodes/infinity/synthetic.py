@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 
 from ..common.errors import BoundlessError
-from .adc import order_id, scan
-from .geometry import Region, patch_grid_shape, read_patch, write_patch
-from .ncp import NearbyContextPool
+from .adc import scan
+from .geometry import Region, patch_grid_shape
+from .training import teacher_forced_argmax
 
 TASKS = ("rows", "columns", "ramp")
 
@@ -37,7 +37,6 @@ def canvases(task: str, n: int, height: int, width: int, vocab: int, generator: 
     raise BoundlessError(f"unknown synthetic task {task!r}; use one of {', '.join(TASKS)}")
 
 
-@torch.no_grad()
 def boundary_accuracy(model, canvases_bfhw: torch.Tensor, order: str) -> dict:
     """Teacher-forced argmax accuracy at patch boundaries that have a finished neighbour, and inside.
 
@@ -45,28 +44,17 @@ def boundary_accuracy(model, canvases_bfhw: torch.Tensor, order: str) -> dict:
     ``top_boundary``: first token row of patches whose upper neighbour came earlier; ``inside``:
     every other token except each patch's first (which has no own token before it).
     """
-    cfg = model.config
-    ph, pw = cfg.patch_h, cfg.patch_w
-    frames, rows, cols = patch_grid_shape(canvases_bfhw, ph, pw)
-    region = Region.whole(frames, rows, cols)
-    pool = NearbyContextPool(region, cfg.trained_extents)
-    sequence = scan(region, order)
-    last_uses = pool.last_uses(sequence)
-    predicted = torch.zeros_like(canvases_bfhw)
-    seen = set()
+    ph, pw = model.config.patch_h, model.config.patch_w
+    predicted = teacher_forced_argmax(model, canvases_bfhw, order)
+    _, rows, cols = patch_grid_shape(canvases_bfhw, ph, pw)
+    scan_index = {pos: i for i, pos in enumerate(scan(Region.whole(1, rows, cols), order))}
     left = torch.zeros(canvases_bfhw.shape[-2:], dtype=torch.bool)
     top = torch.zeros_like(left)
-    for step, pos in enumerate(sequence):
-        logits, cache = model(read_patch(canvases_bfhw, pos, ph, pw), pool.select(pos), order_id(order))
-        write_patch(predicted, pos, logits.argmax(-1), ph, pw)
-        _, r, c = pos
-        if (0, r, c - 1) in seen:
+    for (_, r, c), index in scan_index.items():
+        if scan_index.get((0, r, c - 1), index) < index:
             left[r * ph:(r + 1) * ph, c * pw] = True
-        if (0, r - 1, c) in seen:
+        if scan_index.get((0, r - 1, c), index) < index:
             top[r * ph, c * pw:(c + 1) * pw] = True
-        seen.add(pos)
-        pool.add(pos, cache)
-        pool.remove(step, last_uses)
     first = torch.zeros_like(left)
     first[::ph, ::pw] = True
     inside = ~(left | top | first)

@@ -145,6 +145,26 @@ def heldout_nll(model: nn.Module, canvases_nfhw: torch.Tensor, extents: Extents,
 
 
 @torch.no_grad()
+def teacher_forced_argmax(model: nn.Module, canvases_bfhw: torch.Tensor, order: str) -> torch.Tensor:
+    """Each token's argmax prediction given the true tokens before it (its own NCP, scanned in
+    ``order``, extents as trained): a canvas ``[B, F, H, W]`` of predictions."""
+    cfg = model.config
+    frames, rows, cols = patch_grid_shape(canvases_bfhw, cfg.patch_h, cfg.patch_w)
+    region = Region.whole(frames, rows, cols)
+    pool = NearbyContextPool(region, cfg.trained_extents)
+    sequence = scan(region, order)
+    last_uses = pool.last_uses(sequence)
+    predicted = torch.zeros_like(canvases_bfhw)
+    for step, pos in enumerate(sequence):
+        logits, cache = model(read_patch(canvases_bfhw, pos, cfg.patch_h, cfg.patch_w), pool.select(pos),
+                              order_id(order))
+        write_patch(predicted, pos, logits.argmax(-1), cfg.patch_h, cfg.patch_w)
+        pool.add(pos, cache)
+        pool.remove(step, last_uses)
+    return predicted
+
+
+@torch.no_grad()
 def next_frame_accuracy(model: nn.Module, pairs_n2hw: torch.Tensor) -> dict:
     """Teacher-forced accuracy on frame 1 of two-frame clips ``[N, 2, h, w]`` given the true frame 0.
 
@@ -153,19 +173,7 @@ def next_frame_accuracy(model: nn.Module, pairs_n2hw: torch.Tensor) -> dict:
     the picture from one that also predicts the motion; ``copy_previous_frame`` is the accuracy of
     repeating frame 0.
     """
-    cfg = model.config
-    frames, rows, cols = patch_grid_shape(pairs_n2hw, cfg.patch_h, cfg.patch_w)
-    region = Region.whole(frames, rows, cols)
-    pool = NearbyContextPool(region, cfg.trained_extents)
-    sequence = scan(region, "down")
-    last_uses = pool.last_uses(sequence)
-    predicted = torch.zeros_like(pairs_n2hw)
-    for step, pos in enumerate(sequence):
-        logits, cache = model(read_patch(pairs_n2hw, pos, cfg.patch_h, cfg.patch_w), pool.select(pos),
-                              order_id("down"))
-        write_patch(predicted, pos, logits.argmax(-1), cfg.patch_h, cfg.patch_w)
-        pool.add(pos, cache)
-        pool.remove(step, last_uses)
+    predicted = teacher_forced_argmax(model, pairs_n2hw, "down")
     truth, previous = pairs_n2hw[:, 1], pairs_n2hw[:, 0]
     hit, moving = predicted[:, 1] == truth, truth != previous
     return {"accuracy": round(float(hit.float().mean()), 4),
