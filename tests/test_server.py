@@ -53,6 +53,9 @@ def test_shipped_workflows_are_served_as_templates(comfy):
     templates = requests.get(f"{comfy.url}/workflow_templates", timeout=30).json()
     shipped = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     assert sorted(templates.get("boundless", [])) == shipped
+    for name in shipped:  # the template browser's card picture for each workflow
+        reply = requests.get(f"{comfy.url}/api/workflow_templates/boundless/{name}.jpg", timeout=30)
+        assert reply.status_code == 200 and reply.content[:3] == b"\xff\xd8\xff", name
 
 
 # Workflows whose models exist as shipped (demo models) or as tiny test files under the same
