@@ -54,6 +54,7 @@ def run_sampler(depth: int, batch: int, use_cache: bool, repeats: int, threads: 
     torch.set_num_threads(threads)
     from packpath import pack_module
     sampling = pack_module("nodes.var.sampling")
+    Draws = pack_module("nodes.common.draws").Draws
     vae, var = _models(depth)
     settings = sampling.SamplingSettings(cfg=4.0, top_k=900, top_p=0.95)
     # keys + values of every block for all 2B sequences (CFG) and all L positions, float32
@@ -63,7 +64,7 @@ def run_sampler(depth: int, batch: int, use_cache: bool, repeats: int, threads: 
     with torch.inference_mode():
         for _ in range(repeats):
             start = time.perf_counter()
-            result = sampling.sample(var, vae, batch, torch.Generator().manual_seed(0), labels=[1] * batch,
+            result = sampling.sample(var, vae, batch, Draws(0, var.weight_device), labels=[1] * batch,
                                      settings=settings, use_cache=use_cache)
             best = min(best, time.perf_counter() - start)
             tokens = [t.tolist() for t in result.tokens]

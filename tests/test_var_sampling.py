@@ -11,6 +11,7 @@ sampling = pack_module("nodes.var.sampling")
 editing = pack_module("nodes.var.editing")
 classes = pack_module("nodes.var.classes")
 BoundlessError = pack_module("nodes.common.errors").BoundlessError
+Draws = pack_module("nodes.common.draws").Draws
 
 SMALL = (1, 2, 3, 4, 6)   # 96-px images: quick, yet five scales with a real CFG ramp
 
@@ -25,7 +26,7 @@ def _sample(models, seed=0, batch=2, labels=(3, 9), **kwargs):
     settings = sampling.SamplingSettings(**{k: kwargs.pop(k) for k in ("cfg", "top_k", "top_p", "more_smooth")
                                             if k in kwargs})
     with torch.no_grad():
-        return sampling.sample(var, vae, batch, torch.Generator().manual_seed(seed), labels=labels,
+        return sampling.sample(var, vae, batch, Draws(seed, "cpu"), labels=labels,
                                settings=settings, **kwargs)
 
 
@@ -56,9 +57,10 @@ def test_same_seed_same_tokens_other_seed_other_tokens(models):
 def test_the_generator_is_consumed_as_the_contract_says(models):
     """Labels first, then one multinomial per scale (B*pn^2 rows); nothing else."""
     vae, var = models
-    gen = torch.Generator().manual_seed(5)
+    draws = Draws(5, "cpu")
+    gen = draws.generator
     with torch.no_grad():
-        result = sampling.sample(var, vae, 2, gen, labels=None,
+        result = sampling.sample(var, vae, 2, draws, labels=None,
                                  settings=sampling.SamplingSettings(cfg=0.0, top_k=0, top_p=0.0))
     replay = torch.Generator().manual_seed(5)
     labels = torch.multinomial(torch.full((1, 1000), 1e-3), 2, replacement=True, generator=replay).reshape(2)
@@ -113,10 +115,10 @@ def test_edits_keep_source_tokens_where_asked_and_draw_the_same_stream(models):
     keep[:, :3] = 1
     with torch.no_grad():
         guide = sampling.edit_guide(vae, image, keep, SMALL)
-        plain = sampling.sample(var, vae, 1, torch.Generator().manual_seed(4), labels=1000)
-        edited = sampling.sample(var, vae, 1, torch.Generator().manual_seed(4), labels=1000, guide=guide)
+        plain = sampling.sample(var, vae, 1, Draws(4, "cpu"), labels=1000)
+        edited = sampling.sample(var, vae, 1, Draws(4, "cpu"), labels=1000, guide=guide)
         everything = sampling.edit_guide(vae, image, torch.ones(6, 6), SMALL)
-        kept_all = sampling.sample(var, vae, 1, torch.Generator().manual_seed(4), labels=1000, guide=everything)
+        kept_all = sampling.sample(var, vae, 1, Draws(4, "cpu"), labels=1000, guide=everything)
     for k in range(len(SMALL)):
         where = guide.keep[k]
         assert torch.equal(edited.tokens[k][where], guide.source[k][where])
@@ -158,7 +160,7 @@ def test_vqvae_transformer_mismatch_is_refused():
     vae = random_vqvae(tiny_vqvae_config(latent_channels=8))
     var = random_transformer(tiny_transformer_config(patch_nums=SMALL))
     with pytest.raises(BoundlessError, match="expects a VQVAE with 16 latent channels"):
-        sampling.sample(var, vae, 1, torch.Generator(), labels=1)
+        sampling.sample(var, vae, 1, Draws(0, "cpu"), labels=1)
 
 
 def test_class_names_and_ids():
@@ -191,7 +193,7 @@ def test_half_precision_transformer_keeps_logits_and_f_hat_in_float32(models):
     cond = half.condition(torch.tensor([3, 1000]))
     with torch.no_grad():
         logits = half.logits(half.start_tokens(cond, half.level_positions()), cond)
-        result = sampling.sample(half, vae, 2, torch.Generator().manual_seed(0), labels=[3, 9])
+        result = sampling.sample(half, vae, 2, Draws(0, "cpu"), labels=[3, 9])
         reference = _sample(models, seed=0)
     assert logits.dtype == torch.float32 and result.f_hat.dtype == torch.float32
     assert torch.equal(result.tokens[0], reference.tokens[0])     # the unguided 1x1 scale agrees

@@ -80,6 +80,15 @@ def test_random_bytes_are_not_a_weight_file(tmp_path):
     assert "weights_only" not in str(refused.value) and "Python object" not in str(refused.value)
 
 
+@pytest.mark.parametrize("content", [b"hello world, not a checkpoint", b"Repository not found", b"Moved Permanently",
+                                     "caf\u00e9 \u2603".encode("utf-8") * 20, b"\x80\x02}q\x00X"])
+def test_text_or_a_saved_error_page_is_not_a_weight_file(tmp_path, content):
+    """Bytes that are no pickle at all once surfaced as KeyError / IndexError / UnicodeDecodeError."""
+    (tmp_path / "download.ckpt").write_bytes(content)
+    with pytest.raises(BoundlessError, match="download.ckpt is .*(not a PyTorch weight file|truncated or corrupt)"):
+        loader.load_vqgan(str(tmp_path / "download.ckpt"))
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage" * 20)
     with pytest.raises(BoundlessError, match="not a readable .safetensors"):

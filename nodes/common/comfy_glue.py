@@ -16,6 +16,7 @@ import comfy.utils
 import folder_paths
 
 from .errors import BoundlessError
+from .precision import HALF_AND_FULL, cast_module
 from .progress import Preview
 
 # ComfyUI models/<kind> folders the pack reads weights from, and the files each lists (None: every
@@ -68,9 +69,39 @@ def model_path(kind: str, name: str) -> str:
     return path
 
 
-def managed(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
-    """Put a pure-torch network under ComfyUI's memory manager (offloaded until used)."""
+# What a network is to ComfyUI's precision choice: a denoiser/transformer ("unet" flags), a
+# tokenizer or decoder of pixels ("vae" flags) or a text encoder ("text_enc" flags).
+GENERATOR, TOKENIZER, TEXT_ENCODER = "generator", "tokenizer", "text encoder"
+
+
+def chosen_dtype(module: torch.nn.Module, role: str = GENERATOR,
+                 supported: tuple[torch.dtype, ...] = HALF_AND_FULL) -> torch.dtype:
+    """The dtype ComfyUI picks for this kind of network on its compute device.
+
+    Its own helpers decide, so the user's ``--force-fp32``, ``--bf16-unet``, ``--fp16-vae``,
+    ``--fp32-text-enc``... flags hold: bf16 or fp16 on a GPU that runs them well, float32 on a CPU.
+    A dtype the network cannot compute in (an fp8 flag) falls back to ComfyUI's manual-cast choice.
+    """
+    device = mm.get_torch_device()
+    if role == TOKENIZER:
+        dtype = mm.vae_dtype(device, allowed_dtypes=list(supported))
+    elif role == TEXT_ENCODER:
+        # ComfyUI keeps text encoder weights in fp16 and computes on a CPU in float32; so do we.
+        dtype = torch.float32 if mm.is_device_cpu(device) else mm.text_encoder_dtype(device)
+    else:
+        params = sum(p.numel() for p in module.parameters())
+        dtype = mm.unet_dtype(device, model_params=params, supported_dtypes=list(supported))
+    if dtype not in supported:
+        dtype = mm.unet_manual_cast(dtype, device, list(supported)) or torch.float32
+    return dtype
+
+
+def managed(module: torch.nn.Module, role: str = GENERATOR, dtype: torch.dtype | None = None,
+            supported: tuple[torch.dtype, ...] = HALF_AND_FULL) -> comfy.model_patcher.ModelPatcher:
+    """Put a pure-torch network under ComfyUI's memory manager (offloaded until used), cast to the
+    dtype ComfyUI picks for its role (or ``dtype``), float32 parts kept (``precision.cast_module``)."""
     module.eval().requires_grad_(False)
+    cast_module(module, dtype or chosen_dtype(module, role, supported))
     return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
@@ -93,6 +124,11 @@ def compute_device() -> torch.device:
 def free_memory() -> int:
     """Bytes free on the compute device (RAM when running on CPU)."""
     return int(mm.get_free_memory(mm.get_torch_device()))
+
+
+def free_output_memory() -> int:
+    """Bytes free where node outputs live (RAM, or the GPU with --gpu-only)."""
+    return int(mm.get_free_memory(mm.intermediate_device()))
 
 
 def output_device() -> torch.device:

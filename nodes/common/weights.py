@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import zipfile
 from typing import Mapping
 
@@ -55,6 +56,12 @@ def read_checkpoint(path: str) -> Mapping:
         raise BoundlessError(refusal_message(name, str(exc))) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise BoundlessError(f"{name} is truncated or corrupt ({type(exc).__name__}: {exc}); re-download it") from exc
+    except (KeyError, IndexError, ValueError, TypeError, AssertionError, struct.error) as exc:
+        # what the unpickler raises on bytes that are not a pickle at all: a text file, a web
+        # page saved under a weight file's name ("Repository not found", "Moved Permanently"), ...
+        raise BoundlessError(f"{name} is not a PyTorch weight file (its bytes are not a checkpoint torch can read); "
+                             "a download that saved an error page or a text file looks like this. Re-download it, "
+                             "or pick the right file") from exc
 
 
 def refusal_message(name: str, torch_message: str) -> str:

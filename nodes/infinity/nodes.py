@@ -16,13 +16,14 @@ import comfy.model_management as mm
 import folder_paths
 
 from ..common import comfy_glue, sockets
+from ..common.draws import MODE_TOOLTIP as DRAWS_TOOLTIP, MODEL_DEVICE, MODES as DRAW_MODES
 from ..common.errors import BoundlessError
 from ..common.images import image_to_model, model_to_image
 from ..common.tokens import Tokens, fingerprint
 from ..vq.loader import KIND as VQGAN_KIND
 from ..vq.guided import decode_frames
 from ..vq.nodes import tile_inputs
-from ..vq.tiling import check_fits, decode_tiled
+from ..vq.tiling import check_fits, check_output_fits, decode_tiled
 from .adc import FUTURE, ORDERS
 from .checkpoint import load_infinity
 from .conditioning import text_condition
@@ -50,7 +51,7 @@ def _extent_inputs():
 def _sampling_inputs():
     return [io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                          tooltip="Each patch draws from its own generator seeded from this seed and its "
-                                 "position, so a resumed run gives the same canvas."),
+                                 "position, so a resumed run gives the same canvas (see 'draws' for devices)."),
             io.Float.Input("temperature", default=1.0, min=0.0, max=3.0, step=0.05,
                            tooltip="Sampling temperature; 0 picks the most likely token (greedy)."),
             io.Int.Input("top_k", default=64, min=0, max=65536,
@@ -58,7 +59,12 @@ def _sampling_inputs():
             sockets.VQGANModel.Input("preview_vqgan", optional=True,
                                      tooltip="Optional: the VQGAN of the model, for a live preview of the "
                                              "growing canvas in the progress bar."),
-            _text_input()]
+            _text_input(), _draws_input()]
+
+
+def _draws_input():
+    return io.Combo.Input("draws", options=list(DRAW_MODES), default=MODEL_DEVICE, optional=True,
+                          tooltip=DRAWS_TOOLTIP)
 
 
 def _text_input():
@@ -68,7 +74,8 @@ def _text_input():
                                       "for an unconditional model.")
 
 
-def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None) -> CanvasState:
+def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None,
+                 draws=MODEL_DEVICE) -> CanvasState:
     """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
 
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
@@ -87,7 +94,8 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
     budget = min(DEFAULT_MAX_POOL_BYTES, comfy_glue.free_memory() // 2)
     try:
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=condition, progress_unit="token",
-            progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget)
+            progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget,
+            draws=draws)
     except mm.InterruptProcessingException:
         path = _save_path("interrupted")
         state.save(path)
@@ -223,10 +231,10 @@ class InfinityGenerateCanvas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
-                temperature, top_k, preview_vqgan=None, text=None) -> io.NodeOutput:
+                temperature, top_k, preview_vqgan=None, text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
         state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
                                       Extents(e_w, e_h, e_f), wrap), order)
-        return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text))
+        return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text, draws))
 
 
 class InfinityOutpaintStep(io.ComfyNode):
@@ -254,7 +262,7 @@ class InfinityOutpaintStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
-                preview_vqgan=None, text=None) -> io.NodeOutput:
+                preview_vqgan=None, text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "next frames" and state.extents.f < 1:
             raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
@@ -263,7 +271,7 @@ class InfinityOutpaintStep(io.ComfyNode):
             planned = plan_fill(state, "right" if state.grid[2] >= state.grid[1] else "down")
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
-        return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text))
+        return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws))
 
 
 class InfinityResume(io.ComfyNode):
@@ -283,9 +291,10 @@ class InfinityResume(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
-                text=None) -> io.NodeOutput:
+                text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
         state.require_model(model.model)
-        return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text))
+        return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text,
+                                          draws))
 
 
 class NCPStateToTokens(io.ComfyNode):
@@ -341,8 +350,9 @@ class NCPStateToImage(io.ComfyNode):
         model = comfy_glue.load_for_use(vqgan)
         require_tokenizer(state, fingerprint(VQGAN_KIND, model.quantize.embedding.weight), model.factor)
         _, rows, cols = state.grid
-        check_fits(model.config, state.batch, rows * state.patch_h * model.factor,
-                   cols * state.patch_w * model.factor, comfy_glue.free_memory(), tile_size, tile_margin)
+        height, width = rows * state.patch_h * model.factor, cols * state.patch_w * model.factor
+        check_output_fits(state.batch, height, width, comfy_glue.free_output_memory(), "NCP State → Image")
+        check_fits(model.config, state.batch, height, width, comfy_glue.free_memory(), tile_size, tile_margin)
         image = decode_state(model, state, frame,
                              decode=lambda idx: decode_tiled(model, idx, tile_size, tile_margin),
                              progress=comfy_glue.progress_reporter(1))
@@ -384,6 +394,8 @@ class NCPStateToFrames(io.ComfyNode):
             model, guide = comfy_glue.load_together(vqgan, pixel_guide)
         require_tokenizer(state, fingerprint(VQGAN_KIND, model.quantize.embedding.weight), model.factor)
         batch, frames, h, w = tokens_bfhw.shape
+        check_output_fits(batch * frames, h * model.factor, w * model.factor, comfy_glue.free_output_memory(),
+                          "NCP State → Frames")
         check_fits(model.config, batch, h * model.factor, w * model.factor, comfy_glue.free_memory(), 0, 0)
         device = comfy_glue.compute_device()
         first_bchw = None
@@ -468,7 +480,7 @@ class InfinityStreamCanvas(io.ComfyNode):
                     *_extent_inputs(), *_sampling_inputs()[:3],
                     io.String.Input("filename_prefix", default="boundless/infinity_stream",
                                     tooltip="Path under output/ (without extension) of the .tif file."),
-                    _text_input()],
+                    _text_input(), _draws_input()],
             outputs=[NCPState.Output(display_name="state",
                                      tooltip="The final canvas state (tokens of the whole canvas): connect it to "
                                              "Save NCP State to keep it, or to an Outpaint Step to extend it."),
@@ -478,7 +490,7 @@ class InfinityStreamCanvas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
-                filename_prefix, text=None) -> io.NodeOutput:
+                filename_prefix, text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
         net, tokenizer = comfy_glue.load_together(model, vqgan)
         condition = text_condition(net, text)
         if net.tokenizer and net.tokenizer != fingerprint(VQGAN_KIND, tokenizer.quantize.embedding.weight):
@@ -489,7 +501,7 @@ class InfinityStreamCanvas(io.ComfyNode):
         path = os.path.join(folder, f"{name}_{counter:05}_.tif")
         result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,
                                temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f), text=condition,
-                               progress=comfy_glue.progress_reporter(width_patches * height_patches))
+                               progress=comfy_glue.progress_reporter(width_patches * height_patches), draws=draws)
         logging.info("[Boundless] wrote %dx%d px canvas to %s", result.width, result.height, path)
         return io.NodeOutput(result.state, result.preview.to(comfy_glue.output_device()),
                              ui={"text": [f"{os.path.join(subfolder, os.path.basename(path))} "

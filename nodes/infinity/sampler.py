@@ -7,9 +7,10 @@ expired caches removed — and only then is ``progress`` called, so an interrupt
 ``progress`` always leaves the state consistent and resumable (a half-sampled patch is simply
 sampled again).
 
-Randomness is per patch: patch (f, r, c) draws from a ``torch.Generator`` seeded from
-``(seed, f, r, c)``, so a run that was interrupted and resumed gives exactly the tokens of an
-uninterrupted run.
+Randomness is per patch: patch (f, r, c) draws from its own stream (``common.draws``, on the
+model's device unless ``draws="cpu"``) seeded from ``(seed, f, r, c)``, so a run that was interrupted
+and resumed gives exactly the tokens of an uninterrupted run. The token loop never waits for the
+device: sampling is top-k, softmax and an exponential-race draw, all on the device.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ..common.draws import MODEL_DEVICE, Draws
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
 from .adc import order_id
@@ -56,7 +58,7 @@ def patch_seed(seed: int, pos: PatchPos) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def sample_token(logits_bv: torch.Tensor, generator: torch.Generator, temperature: float, top_k: int) -> torch.Tensor:
+def sample_token(logits_bv: torch.Tensor, draws: Draws, temperature: float, top_k: int) -> torch.Tensor:
     """One token per batch row: greedy when temperature <= 0, else top-k / temperature sampling."""
     if temperature <= 0:
         return logits_bv.argmax(dim=-1)
@@ -65,7 +67,7 @@ def sample_token(logits_bv: torch.Tensor, generator: torch.Generator, temperatur
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return draws.categorical(probs)
 
 
 def _text_for(text: TextCondition, pos: PatchPos) -> Optional[torch.Tensor]:
@@ -100,7 +102,7 @@ def check_memory(model: InfinityTransformer, state: CanvasState, max_pool_bytes:
 
 
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
-                  generator: torch.Generator, temperature: float, top_k: int, use_kv_cache: bool,
+                  draws: Draws, temperature: float, top_k: int, use_kv_cache: bool,
                   on_token: Callable[[int], None]) -> tuple[torch.Tensor, PatchCache]:
     """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache."""
     t = model.config.tokens_per_patch
@@ -110,14 +112,14 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
         decoder = PatchDecoder(model, context, order, text, batch)
         logits = decoder.step(None)
         for i in range(t):
-            tokens[:, i] = sample_token(logits, generator, temperature, top_k)
+            tokens[:, i] = sample_token(logits, draws, temperature, top_k)
             logits = decoder.step(tokens[:, i])
             if i + 1 < t:
                 on_token(i + 1)
         return tokens, decoder.cache()
     for i in range(t):
         logits, _ = model(tokens[:, :i], context, order, text)
-        tokens[:, i] = sample_token(logits[:, i], generator, temperature, top_k)
+        tokens[:, i] = sample_token(logits[:, i], draws, temperature, top_k)
         if i + 1 < t:
             on_token(i + 1)
     _, cache = model(tokens, context, order, text)
@@ -128,7 +130,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
 def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temperature: float = 1.0,
         top_k: int = 0, text: TextCondition = None, progress: Progress = no_progress,
         progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
-        max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES) -> RunStats:
+        max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE) -> RunStats:
     """Advance ``state`` (in place) through the rest of its plan; return statistics.
 
     progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
@@ -165,14 +167,14 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         order = order_id(phase.order)
         text_now = _text_for(text, step.pos)
         if step.generate:
-            generator = torch.Generator(device=device).manual_seed(patch_seed(seed, step.pos))
+            patch_draws = Draws(patch_seed(seed, step.pos), device, draws)
             base = done_count * scale
 
             def on_token(i: int) -> None:
                 if progress_unit == "token":
                     progress(base + i, total, None)
 
-            tokens_bt, cache = _sample_patch(model, context, order, text_now, state.batch, generator,
+            tokens_bt, cache = _sample_patch(model, context, order, text_now, state.batch, patch_draws,
                                              temperature, top_k, use_kv_cache, on_token)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)

@@ -168,13 +168,16 @@ class CanvasState:
         return self.plan.phases[index]
 
 
-def _check_canvas_size(frames: int, rows: int, cols: int, patch_h: int, patch_w: int) -> None:
-    tokens = frames * rows * cols * patch_h * patch_w
+def _check_canvas_size(batch: int, frames: int, rows: int, cols: int, patch_h: int, patch_w: int) -> None:
+    """One state holds at most MAX_CANVAS_TOKENS tokens over its whole batch (a state is copied by
+    every node that extends it, so its size is what bounds memory, not the size of one image)."""
+    tokens = batch * frames * rows * cols * patch_h * patch_w
     if tokens > MAX_CANVAS_TOKENS:
         raise BoundlessError(
-            f"a canvas of {cols}×{rows} patches × {frames} frame(s) holds {tokens:,} tokens per image, over the "
-            f"{MAX_CANVAS_TOKENS:,}-token bound of one state; crop the state to the part you keep extending "
-            "(crop_state) and outpaint from there, or decode and save finished parts separately")
+            f"a canvas of {cols}×{rows} patches × {frames} frame(s) × batch {batch} holds {tokens:,} tokens, over the "
+            f"{MAX_CANVAS_TOKENS:,}-token bound of one state; use a smaller batch or canvas, crop the state to the "
+            "part you keep extending (crop_state) and outpaint from there, or decode and save finished parts "
+            "separately")
 
 
 def _new_state(model: InfinityTransformer, tokens_bfhw: torch.Tensor, extents: Optional[Extents], wrap: bool,
@@ -186,7 +189,7 @@ def _new_state(model: InfinityTransformer, tokens_bfhw: torch.Tensor, extents: O
         raise BoundlessError(f"these tokens come from another VQGAN ({tokenizer}) than the one this NUWA-Infinity "
                              f"model was trained on ({model.tokenizer}); encode the image with that VQGAN")
     frames, rows, cols = patch_grid_shape(tokens_bfhw, cfg.patch_h, cfg.patch_w)
-    _check_canvas_size(frames, rows, cols, cfg.patch_h, cfg.patch_w)
+    _check_canvas_size(tokens_bfhw.shape[0], frames, rows, cols, cfg.patch_h, cfg.patch_w)
     if wrap and cols < 2 * extents.w + 1:
         raise BoundlessError(f"horizontal wrap-around needs at least {2 * extents.w + 1} patch columns "
                              f"(2·e_w+1); the canvas has {cols}. Widen it or lower e_w")
@@ -213,7 +216,7 @@ def empty_state(model: InfinityTransformer, cols: int, rows: int, frames: int = 
     for name, value in (("cols", cols), ("rows", rows), ("frames", frames), ("batch", batch)):
         if not isinstance(value, int) or value < 1:
             raise BoundlessError(f"canvas {name} must be a whole number of at least 1, got {value!r}")
-    _check_canvas_size(frames, rows, cols, cfg.patch_h, cfg.patch_w)
+    _check_canvas_size(batch, frames, rows, cols, cfg.patch_h, cfg.patch_w)
     tokens = torch.full((batch, frames, rows * cfg.patch_h, cols * cfg.patch_w), UNKNOWN, dtype=torch.int64)
     return _new_state(model, tokens, extents, wrap, "", 0)
 
@@ -258,7 +261,7 @@ def plan_outpaint(state: CanvasState, moves: Sequence[tuple[str, int]], frame_or
     """
     layout = extension(state.grid, moves, frame_order)
     frames, rows, cols = layout.final
-    _check_canvas_size(frames, rows, cols, state.patch_h, state.patch_w)
+    _check_canvas_size(state.batch, frames, rows, cols, state.patch_h, state.patch_w)
     sf, sr, sc = layout.shift
     old_f, old_r, old_c = state.grid
     tokens = torch.full((state.batch, frames, rows * state.patch_h, cols * state.patch_w), UNKNOWN, dtype=torch.int64)

@@ -20,6 +20,7 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
+from ..common.draws import MODEL_DEVICE
 from ..common.errors import BoundlessError
 from ..common.images import model_to_image
 from ..common.progress import Preview, Progress, no_progress
@@ -59,7 +60,7 @@ def decode_column(vqgan, state: CanvasState, col: int) -> np.ndarray:
 def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows: int, *, seed: int = 0,
                   temperature: float = 1.0, top_k: int = 0, extents: Optional[Extents] = None,
                   progress: Progress = no_progress, preview_width: int = 2048,
-                  text: TextCondition = None) -> StreamResult:
+                  text: TextCondition = None, draws: str = MODEL_DEVICE) -> StreamResult:
     """Generate a ``cols x rows``-patch canvas and write it to ``path`` (tiled TIFF) as it grows.
 
     The TIFF writer pulls tiles from a bounded queue in a worker thread while the sampler runs here;
@@ -129,7 +130,8 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
     thread = threading.Thread(target=writer, name="boundless-tiff-writer", daemon=True)
     thread.start()
     try:
-        run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=text, progress=on_patch)
+        run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=text, progress=on_patch,
+            draws=draws)
         emit_ready()
     except BaseException:
         finish(thread)

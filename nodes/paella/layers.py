@@ -15,11 +15,12 @@ from torch import nn
 MAX_POSITIONS = 10000
 
 
-def sinusoid_embedding(level_b: torch.Tensor, width: int) -> torch.Tensor:
+def sinusoid_embedding(level_b: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Noise-level features ``[B, width]``: all sines, then all cosines (one zero appended if odd).
 
     ``level_b`` is the float32 level in [0, 1] (v3 / prior: the noise level t; v1 passes the masking
-    probability ``cos(r*pi/2)``).
+    probability ``cos(r*pi/2)``). Computed in float32 whatever the model runs in, then cast to
+    ``dtype``, the model's compute dtype.
     """
     scaled_b = level_b.float() * MAX_POSITIONS
     half = width // 2
@@ -29,7 +30,7 @@ def sinusoid_embedding(level_b: torch.Tensor, width: int) -> torch.Tensor:
     emb_bw = torch.cat([args_bk.sin(), args_bk.cos()], dim=1)
     if width % 2 == 1:
         emb_bw = F.pad(emb_bw, (0, 1))
-    return emb_bw
+    return emb_bw.to(dtype)
 
 
 def layer_norm_2d(x_bchw: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import folder_paths
 
 from ..common import comfy_glue, sockets
+from ..common.draws import MODE_TOOLTIP as DRAWS_TOOLTIP, MODEL_DEVICE, MODES as DRAW_MODES
 from ..common.errors import BoundlessError
 from ..common.images import normalize_mask
 from . import conditioning as paella_conditioning
@@ -69,9 +70,14 @@ def _image_in(image_bhwc: torch.Tensor) -> torch.Tensor:
     return image_bhwc[..., :3].movedim(-1, 1).float()
 
 
+def _draws_input():
+    return io.Combo.Input("draws", options=list(DRAW_MODES), default=MODEL_DEVICE, optional=True,
+                          tooltip=DRAWS_TOOLTIP)
+
+
 def _seed_input():
     return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                        tooltip="Seed of the CPU random generator (same seed, same tokens on any device).")
+                        tooltip="Seed of the random generator (where it draws: the sampler's 'draws' setting).")
 
 
 def _common_inputs():
@@ -139,7 +145,7 @@ class PaellaVQGANLoader(io.ComfyNode):
     @classmethod
     def execute(cls, vqgan_name) -> io.NodeOutput:
         vqgan = loader.load_model(comfy_glue.model_path("paella", vqgan_name), (loader.V3_VQGAN, loader.V1_VQGAN))
-        return io.NodeOutput(comfy_glue.managed(vqgan))
+        return io.NodeOutput(comfy_glue.managed(vqgan, comfy_glue.TOKENIZER))
 
 
 class PaellaPriorLoader(io.ComfyNode):
@@ -216,14 +222,15 @@ class PaellaPriorNode(io.ComfyNode):
                                          "vector (the notebook uses 60). Time grows linearly; far fewer steps "
                                          "give a rougher vector."),
                     io.Float.Input("cfg", default=3.0, min=0.0, max=30.0, step=0.1,
-                                   tooltip="Guidance against an all-zero text vector (notebook: 3).")],
+                                   tooltip="Guidance against an all-zero text vector (notebook: 3)."),
+                    _draws_input()],
             outputs=[PaellaConditioning.Output(
                 display_name="conditioning",
                 tooltip="The input conditioning with the sampled CLIP image vector added: connect it to "
                         "positive of Paella Text to Image (v3).")])
 
     @classmethod
-    def execute(cls, prior, conditioning, seed, steps, cfg) -> io.NodeOutput:
+    def execute(cls, prior, conditioning, seed, steps, cfg, draws=MODEL_DEVICE) -> io.NodeOutput:
         if conditioning.clip_text is None:
             raise BoundlessError("the prior needs a CLIP text vector: give clip_text in the embeddings file or "
                                  "connect a CONDITIONING with a pooled_output")
@@ -231,7 +238,7 @@ class PaellaPriorNode(io.ComfyNode):
         device = pipeline.device_of(model)
         with torch.inference_mode():
             image_bc = sample_prior(model, conditioning.clip_text.to(device), seed, steps, cfg,
-                                    progress=comfy_glue.progress_reporter(steps)).cpu()
+                                    progress=comfy_glue.progress_reporter(steps), draws=draws).cpu()
         return io.NodeOutput(paella_conditioning.add_images(conditioning, image_bc[:, None]))
 
 
@@ -266,7 +273,8 @@ class PaellaV3SamplerNode(io.ComfyNode):
                                  tooltip="Switch to 'quant' from this step on (notebook option); -1 = never."),
                     io.Boolean.Input("attention_reweighting", default=False,
                                      tooltip="The notebook's conditional-pass attention weights (x1.2 on late ByT5 "
-                                             "and CLIP text keys, x0.4 on the last four, e.g. CLIP image).")],
+                                             "and CLIP text keys, x0.4 on the last four, e.g. CLIP image)."),
+                    _draws_input()],
             outputs=[PaellaSampler.Output(
                 display_name="sampler",
                 tooltip="The v3 sampler settings: connect them to the sampler input of a Paella generator node "
@@ -274,13 +282,13 @@ class PaellaV3SamplerNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps, renoise_steps, temperature_start, temperature_end, cfg_start, cfg_end, cfg_steps,
-                mode, quant_from_step, attention_reweighting) -> io.NodeOutput:
+                mode, quant_from_step, attention_reweighting, draws=MODEL_DEVICE) -> io.NodeOutput:
         return io.NodeOutput(pipeline.V3Sampler(
             steps=steps, renoise_steps=None if renoise_steps < 0 else renoise_steps,
             temperature=(temperature_start, temperature_end), cfg=(cfg_start, cfg_end),
             conditional_steps=None if cfg_steps < 0 else cfg_steps, mode=mode,
             quant_steps=None if quant_from_step < 0 else quant_from_step,
-            attention_reweighting=attention_reweighting))
+            attention_reweighting=attention_reweighting, draws=draws))
 
 
 class PaellaV1SamplerNode(io.ComfyNode):
@@ -310,7 +318,8 @@ class PaellaV1SamplerNode(io.ComfyNode):
                                  tooltip="Classes always kept by typical filtering."),
                     io.Combo.Input("renoise_mode", options=["start", "prev", "rand"], default="start",
                                    tooltip="Re-noise from the start tokens, the step's input, or fresh random "
-                                           "tokens (the structural-editing demo uses 'prev').")],
+                                           "tokens (the structural-editing demo uses 'prev')."),
+                    _draws_input()],
             outputs=[PaellaSampler.Output(
                 display_name="sampler",
                 tooltip="The v1 sampler settings: connect them to the sampler input of a Paella generator node "
@@ -318,11 +327,12 @@ class PaellaV1SamplerNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps, renoise_steps, temperature_start, temperature_end, cfg, typical_filtering,
-                typical_mass, typical_min_tokens, renoise_mode) -> io.NodeOutput:
+                typical_mass, typical_min_tokens, renoise_mode, draws=MODEL_DEVICE) -> io.NodeOutput:
         return io.NodeOutput(pipeline.V1Sampler(
             steps=steps, renoise_steps=None if renoise_steps < 0 else renoise_steps,
             temperature=(temperature_start, temperature_end), cfg=cfg, typical_filtering=typical_filtering,
-            typical_mass=typical_mass, typical_min_tokens=typical_min_tokens, renoise_mode=renoise_mode))
+            typical_mass=typical_mass, typical_min_tokens=typical_min_tokens, renoise_mode=renoise_mode,
+            draws=draws))
 
 
 def _size_inputs():

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from ..common.draws import MODEL_DEVICE, Draws
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
 from ..common.tokens import Tokens, fingerprint
@@ -40,6 +41,7 @@ class V3Sampler:
     mode: str = "multinomial"
     quant_steps: Optional[int] = None            # None: never switch to 'quant'
     attention_reweighting: bool = False          # the notebook's x1.2 / x0.4 key weights
+    draws: str = MODEL_DEVICE                    # where random numbers are drawn (common.draws)
     version = "v3"
 
     def uses_cfg(self) -> bool:
@@ -59,6 +61,7 @@ class V1Sampler:
     typical_mass: float = 0.2
     typical_min_tokens: int = 1
     renoise_mode: str = "start"
+    draws: str = MODEL_DEVICE                    # where random numbers are drawn (common.draws)
     version = "v1"
 
 
@@ -130,7 +133,7 @@ def device_of(module: torch.nn.Module) -> torch.device:
 
 def encode(vqgan, image_b3hw: torch.Tensor) -> torch.Tensor:
     """Image in [0, 1] -> indices (v1: the deterministic argmax code, not Paella's Gumbel sample)."""
-    image_b3hw = image_b3hw.to(device_of(vqgan), torch.float32)
+    image_b3hw = image_b3hw.to(device_of(vqgan))
     if isinstance(vqgan, VQGANF4):
         return vqgan.encode(image_b3hw)[0]
     return vqgan.encode(image_b3hw)
@@ -187,13 +190,13 @@ def token_mask(mask_bhw: torch.Tensor, factor: int) -> torch.Tensor:
     return F.max_pool2d(mask_bhw[:, None].float(), factor)[:, 0] >= 0.5
 
 
-def noise_tokens(indices_bhw: torch.Tensor, level: float, num_labels: int, seed: int) -> torch.Tensor:
+def noise_tokens(indices_bhw: torch.Tensor, level: float, num_labels: int, seed: int,
+                 draws: str = MODEL_DEVICE) -> torch.Tensor:
     """Replace each token with a random one with probability ``level`` (structural editing)."""
-    generator = torch.Generator("cpu").manual_seed(seed % 2 ** 64)
+    rng = Draws(seed, indices_bhw.device, draws)
     shape = tuple(indices_bhw.shape)
-    replace = torch.rand(shape, generator=generator) < level
-    random = torch.randint(0, num_labels, shape, generator=generator)
-    return torch.where(replace.to(indices_bhw.device), random.to(indices_bhw.device), indices_bhw)
+    replace = rng.rand(shape) < level
+    return torch.where(replace, rng.randint(num_labels, shape), indices_bhw)
 
 
 def v1_start_step(strength: float, steps: int) -> int:
@@ -235,7 +238,8 @@ def generate(model: PaellaModel, vqgan: PaellaVQGAN, sampler: Sampler, positive:
     if negative is not None and sampler.cfg != 1.0:
         uncond = expand_batch(v1_vector(negative), batch, "negative conditioning")
     starting_t = v1_start_step(strength, sampler.steps) if edit else 0
-    x = noise_tokens(start, math.cos(starting_t / sampler.steps * math.pi / 2), num_labels, seed + 1) if edit else start
+    x = noise_tokens(start, math.cos(starting_t / sampler.steps * math.pi / 2), num_labels, seed + 1,
+                     sampler.draws) if edit else start
     return sample_v1(model, c, uncond=uncond, seed=seed, size=(height, width), T=sampler.steps, x=x,
                      mask=None if keep_mask is None else keep_mask.long(), starting_t=starting_t,
                      temp_range=sampler.temperature, typical_filtering=sampler.typical_filtering,
@@ -243,7 +247,7 @@ def generate(model: PaellaModel, vqgan: PaellaVQGAN, sampler: Sampler, positive:
                      classifier_free_scale=-1.0 if sampler.cfg == 1.0 else sampler.cfg,
                      renoise_steps=sampler.steps - 1 if sampler.renoise_steps is None else sampler.renoise_steps,
                      renoise_mode=sampler.renoise_mode,
-                     progress=progress, preview=preview)
+                     progress=progress, preview=preview, draws=sampler.draws)
 
 
 def _v3_condition(cond: PaellaConditioning, what: str) -> V3Condition:
@@ -267,14 +271,14 @@ def _generate_v3(model, vqgan, sampler: V3Sampler, positive, negative, seed, bat
                                  "CFG values to 1 to sample without guidance")
         uncond = _v3_condition(negative, "negative conditioning")
     attn_weights = notebook_attention_weights(cond.byt5.shape[1]) if sampler.attention_reweighting else None
-    init_x = noise_tokens(start, strength, model.config.num_labels, seed + 1) if edit else None
+    init_x = noise_tokens(start, strength, model.config.num_labels, seed + 1, sampler.draws) if edit else None
     return sample_v3(model, cond, uncond, seed=seed, shape=(batch, height, width), steps=sampler.steps,
                      renoise_steps=sampler.renoise_steps, temperature=sampler.temperature, cfg=sampler.cfg,
                      t_start=strength if edit else 1.0, mode=sampler.mode,
                      conditional_steps=sampler.conditional_steps, quant_steps=sampler.quant_steps,
                      attn_weights=attn_weights, init_x=init_x, keep_mask=keep_mask,
                      known=start if keep_mask is not None else None, codebook=vqgan.codebook,
-                     quantize=vqgan.vquantizer.nearest, progress=progress, preview=preview)
+                     quantize=vqgan.vquantizer.nearest, progress=progress, preview=preview, draws=sampler.draws)
 
 
 # Image sides that suit both released models (v3: 8 tokens x 4 px, v1: 4 tokens x 8 px).

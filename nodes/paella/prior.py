@@ -13,6 +13,7 @@ import re
 import torch
 from torch import nn
 
+from ..common.draws import MODEL_DEVICE, Draws
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
 from .layers import sinusoid_embedding
@@ -52,7 +53,7 @@ class PriorModel(nn.Module):
                                      nn.Linear(cfg.c_hidden, cfg.clip_width)])
 
     def forward(self, x_bc: torch.Tensor, r_b: torch.Tensor, text_bc: torch.Tensor) -> torch.Tensor:
-        r_emb_br = sinusoid_embedding(r_b, self.config.c_r)
+        r_emb_br = sinusoid_embedding(r_b, self.config.c_r, self.blocks[0].weight.dtype)
         h_bh = self.blocks[0](x_bc)
         for block in self.blocks[1:-1]:
             h_bh = block(torch.cat([h_bh, text_bc, r_emb_br], dim=1)) + h_bh
@@ -70,11 +71,13 @@ def alpha_bar(t: torch.Tensor) -> torch.Tensor:
 
 
 def sample_prior(prior: PriorModel, text_bc: torch.Tensor, seed: int, steps: int = 60, cfg: float = 3.0,
-                 t_start: float = 1.0, t_end: float = 0.0, progress: Progress = no_progress) -> torch.Tensor:
+                 t_start: float = 1.0, t_end: float = 0.0, progress: Progress = no_progress,
+                 draws: str = MODEL_DEVICE) -> torch.Tensor:
     """DDPM from noise to a CLIP image vector ``[B, C]``, as the notebook calls the prior.
 
-    RNG: one CPU generator seeded with ``seed``: ``randn(B, C)`` for the start, then one ``randn``
-    per step (also the last, where it is multiplied by zero).
+    RNG: one generator seeded with ``seed`` (``common.draws``: the model's device or the CPU):
+    ``randn(B, C)`` for the start, then one ``randn`` per step (also the last, where it is
+    multiplied by zero).
     """
     if steps < 1:
         raise BoundlessError(f"prior steps must be at least 1, got {steps}")
@@ -82,20 +85,23 @@ def sample_prior(prior: PriorModel, text_bc: torch.Tensor, seed: int, steps: int
         raise BoundlessError(f"the prior needs a CLIP text vector [B, {prior.config.clip_width}], "
                              f"got {tuple(text_bc.shape)}")
     device = text_bc.device
-    generator = torch.Generator("cpu").manual_seed(seed)
+    rng = Draws(seed, device, draws)
     batch = text_bc.shape[0]
     times = torch.linspace(t_start, t_end, steps + 2)[1:].to(device)
-    x_bc = torch.randn(text_bc.shape, generator=generator).to(device)
+    x_bc = rng.randn(text_bc.shape)
+    dtype = prior.blocks[0].weight.dtype          # the network's; the DDPM update stays in float32
+    text_bc = text_bc.to(dtype)
     zeros_bc = torch.zeros_like(text_bc)
     for k in range(steps):
         t_b = times[k].expand(batch)
         t_prev_b = times[k + 1].expand(batch)
-        eps_bc = torch.lerp(prior(x_bc, t_b, zeros_bc), prior(x_bc, t_b, text_bc), cfg)
+        x_in = x_bc.to(dtype)
+        eps_bc = torch.lerp(prior(x_in, t_b, zeros_bc).float(), prior(x_in, t_b, text_bc).float(), cfg)
         abar, abar_prev = alpha_bar(t_b)[:, None], alpha_bar(t_prev_b)[:, None]
         alpha = abar / abar_prev
         mu_bc = (1.0 / alpha).sqrt() * (x_bc - (1 - alpha) * eps_bc / (1 - abar).sqrt())
         sigma = ((1 - alpha) * (1.0 - abar_prev) / (1.0 - abar)).sqrt()
-        noise_bc = torch.randn(text_bc.shape, generator=generator).to(device)
+        noise_bc = rng.randn(text_bc.shape)
         x_bc = mu_bc + sigma * noise_bc * (t_prev_b != 0).float()[:, None]
         progress(k + 1, steps)
     return x_bc

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..common.draws import MODEL_DEVICE, Draws
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
 from .v1_model import PaellaV1
@@ -63,7 +64,8 @@ def sample_v1(model: PaellaV1, c: torch.Tensor, *, seed: int, size: tuple[int, i
               temp_range: tuple[float, float] = (1.0, 1.0), typical_filtering: bool = True,
               typical_mass: float = 0.2, typical_min_tokens: int = 1, classifier_free_scale: float = 5.0,
               renoise_steps: int = 11, renoise_mode: str = "start", progress: Progress = no_progress,
-              preview: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+              preview: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+              draws: str = MODEL_DEVICE) -> torch.Tensor:
     """Tokens ``[B, H, W]``. ``c``: ``[B, C]`` or a spatial map ``[B, C, h, w]`` (regional prompts).
 
     uncond: the CFG reference condition (default: all zeros, as trained); x: start tokens (structural
@@ -99,10 +101,10 @@ def sample_v1(model: PaellaV1, c: torch.Tensor, *, seed: int, size: tuple[int, i
         uncond = uncond.to(device, dtype)
         if c.ndim == 4 and uncond.ndim == 2:
             uncond = uncond[:, :, None, None].expand_as(c)
-    generator = torch.Generator("cpu").manual_seed(seed)
+    rng = Draws(seed, device, draws)
 
     def random_tokens() -> torch.Tensor:
-        return torch.randint(0, num_labels, (batch, height, width), generator=generator).to(device)
+        return rng.randint(num_labels, (batch, height, width))
 
     generate = None if mask is None else mask.to(device).bool()
     if x is None:
@@ -112,27 +114,29 @@ def sample_v1(model: PaellaV1, c: torch.Tensor, *, seed: int, size: tuple[int, i
     else:
         x = x.to(device)
     x0 = x
+    # float32 schedules as the reference builds them, read once as Python numbers
     r_all = torch.linspace(0, 1, T + 1)
-    temp_i = torch.linspace(temp_range[0], temp_range[1], T)
+    keep_prob_i = torch.cos(r_all[1:] * math.pi / 2).clamp(0, 1).tolist()   # step i re-noises at r_{i+1}
+    temp_i = torch.linspace(temp_range[0], temp_range[1], T).clamp(min=1e-10).tolist()
+    r_all = r_all.tolist()
     for i in range(starting_t, T):
         prev = x
-        r_b = torch.full((batch,), float(r_all[i]), device=device)
+        r_b = torch.full((batch,), r_all[i], device=device)
         logits = model(x, c, r_b).float()
         if classifier_free_scale >= 0:
             logits = torch.lerp(model(x, uncond, r_b).float(), logits, classifier_free_scale)
-        rows_nk = logits.permute(0, 2, 3, 1).reshape(-1, num_labels).cpu()
+        rows_nk = logits.permute(0, 2, 3, 1).reshape(-1, num_labels)
         if typical_filtering:
             rows_nk = locally_typical(rows_nk, typical_mass, typical_min_tokens)
-        uniform_nk = torch.zeros(rows_nk.shape).uniform_(0, 1, generator=generator)
+        uniform_nk = rng.uniform(rows_nk.shape)
         gumbel_nk = -torch.log(-torch.log(uniform_nk + 1e-20) + 1e-20)
-        scores_nk = rows_nk / max(float(temp_i[i]), 1e-10) + gumbel_nk
-        x = scores_nk.argmax(dim=-1).view(batch, height, width).to(device)
+        scores_nk = rows_nk / temp_i[i] + gumbel_nk
+        x = scores_nk.argmax(dim=-1).view(batch, height, width)
         if generate is not None:
             x = torch.where(generate, x, x0)
         if i < renoise_steps:
-            keep_prob = torch.cos(r_all[i + 1] * math.pi / 2).clamp(0, 1)
-            renoise = torch.bernoulli(torch.full((batch, height, width), float(keep_prob)), generator=generator)
+            renoise = rng.bernoulli(keep_prob_i[i], (batch, height, width))
             source = {"start": lambda: x0, "prev": lambda: prev, "rand": random_tokens}[renoise_mode]()
-            x = torch.where(renoise.to(device).bool(), source, x)
+            x = torch.where(renoise.bool(), source, x)
         progress(i + 1 - starting_t, T - starting_t, None if preview is None else (lambda tokens=x: preview(tokens)))
     return x

@@ -9,7 +9,9 @@ re-weighting applies to conditional passes only.
 Masked in/out-painting wraps the same loop (v3 has no mask input): known tokens are pinned after
 every step. Without a mask every random draw matches the reference bit for bit on CPU:
 ``randint`` (initial noise), then per step ``multinomial`` over ``[B*H*W, K]`` rows in b, h, w order,
-then ``rand`` for re-noising; all from one CPU generator seeded with ``seed``.
+then ``rand`` for re-noising; all from one generator seeded with ``seed`` (``common.draws``: on the
+model's device, as the reference, or on the CPU). Schedules are Python floats, so a step waits for
+the device at most once (the preview, when one is asked for).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..common.draws import MODEL_DEVICE, Draws
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
 from .v3_model import PaellaV3
@@ -92,7 +95,8 @@ def sample_v3(model: PaellaV3, cond: V3Condition, uncond: Optional[V3Condition],
               codebook: Optional[torch.Tensor] = None,
               quantize: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
               progress: Progress = no_progress,
-              preview: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+              preview: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+              draws: str = MODEL_DEVICE) -> torch.Tensor:
     """Tokens ``[B, H, W]`` (int64, on the model's device).
 
     uncond: None disables CFG. init_x: start tokens (img2img / structural editing: encoded tokens
@@ -134,41 +138,43 @@ def sample_v3(model: PaellaV3, cond: V3Condition, uncond: Optional[V3Condition],
         keep_mask = keep_mask.to(device=device, dtype=torch.bool)
         known = known.to(device)
 
-    generator = torch.Generator("cpu").manual_seed(seed)
-    noise0 = torch.randint(0, num_labels, (batch, height, width), generator=generator).to(device)
+    rng = Draws(seed, device, draws)
+    noise0 = rng.randint(num_labels, (batch, height, width))
     if init_x is not None and tuple(init_x.shape) != (batch, height, width):
         raise BoundlessError(f"start tokens have shape {tuple(init_x.shape)}, expected {(batch, height, width)}")
     x = noise0 if init_x is None else init_x.to(device)
     if keep_mask is not None:
         x = torch.where(keep_mask, x, known)
-    t_i = torch.linspace(t_start, t_end, steps + 1)
-    temp_i = torch.linspace(temperature[0], temperature[1], steps)
+    # float32 schedules as the reference builds them, read once as Python numbers
+    t_i = torch.linspace(t_start, t_end, steps + 1).tolist()
+    temp_i = torch.linspace(temperature[0], temperature[1], steps).tolist()
     cfg_i = torch.linspace(cfg[0], cfg[1], steps)
+    cfg_w, cfg_1mw = cfg_i.tolist(), (1 - cfg_i).tolist()
     for i in range(steps):
-        r_b = torch.full((batch,), float(t_i[i]), device=device, dtype=dtype)
+        r_b = torch.full((batch,), t_i[i], device=device)     # float32: the level embedding needs it
         logits = model(x, r_b, cond.byt5, cond.clip, cond.clip_image, attn_weights).float()
         if uncond is not None and i < conditional_steps:
             logits_uncond = model(x, r_b, uncond.byt5, uncond.clip, uncond.clip_image).float()
-            logits = logits * cfg_i[i].to(device) + logits_uncond * (1 - cfg_i[i]).to(device)
+            logits = logits * cfg_w[i] + logits_uncond * cfg_1mw[i]
         step_mode = "quant" if i >= quant_steps else mode
         if step_mode == "argmax":
             x = logits.argmax(dim=1)
         else:
-            probs_bkhw = logits.div(temp_i[i].to(device)).softmax(dim=1)
+            probs_bkhw = logits.div(temp_i[i]).softmax(dim=1)
             if step_mode == "multinomial":
                 # Exactly the reference's view: at batch 1 the reshape is a strided view of the
-                # [1, K, H, W] probabilities, and torch.multinomial draws its variates in memory
-                # order, so making it contiguous would give other tokens (shared OPS.md, RNG contract).
-                rows_nk = probs_bkhw.cpu().permute(0, 2, 3, 1).reshape(-1, num_labels)
-                x = torch.multinomial(rows_nk, 1, generator=generator)[:, 0].view(batch, height, width).to(device)
+                # [1, K, H, W] probabilities, and the draw fills its variates in memory order, so
+                # making it contiguous would give other tokens (shared OPS.md, RNG contract).
+                rows_nk = probs_bkhw.permute(0, 2, 3, 1).reshape(-1, num_labels)
+                x = rng.categorical(rows_nk).view(batch, height, width)
             else:
                 mixed_nc = probs_bkhw.permute(0, 2, 3, 1).reshape(-1, num_labels).to(codebook.device) @ codebook.float()
                 x = quantize(mixed_nc).view(batch, height, width).to(device)
         if keep_mask is not None:
             x = torch.where(keep_mask, x, known)
         if i < renoise_steps:
-            u_bhw = torch.rand((batch, height, width), generator=generator).to(device)
-            x = torch.where(u_bhw <= t_i[i + 1].to(device), noise0, x)
+            u_bhw = rng.rand((batch, height, width))
+            x = torch.where(u_bhw <= t_i[i + 1], noise0, x)
             if keep_mask is not None:
                 x = torch.where(keep_mask, x, known)
         progress(i + 1, steps, None if preview is None else (lambda tokens=x: preview(tokens)))

@@ -119,7 +119,7 @@ class PaellaV1(nn.Module):
 
     def condition_map(self, c: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
         """``[B, c_clip + c_r, h, w]``: the condition (vector -> 1x1 map) with the level embedding."""
-        r_emb_br = sinusoid_embedding(torch.cos(r_b * math.pi / 2), self.config.c_r)
+        r_emb_br = sinusoid_embedding(torch.cos(r_b.float() * math.pi / 2), self.config.c_r, c.dtype)
         if c.ndim == 2:
             return torch.cat([c, r_emb_br], dim=1)[:, :, None, None]
         r_map = r_emb_br[:, :, None, None].expand(-1, -1, *c.shape[-2:])

@@ -256,7 +256,7 @@ class PaellaV3(nn.Module):
     def forward(self, tokens_bhw: torch.Tensor, r_b: torch.Tensor, byt5_blc: torch.Tensor,
                 clip_bc: torch.Tensor | None = None, clip_image: torch.Tensor | None = None,
                 attn_weights: torch.Tensor | None = None) -> torch.Tensor:
-        r_emb_br = sinusoid_embedding(r_b, self.config.c_r)
+        r_emb_br = sinusoid_embedding(r_b, self.config.c_r, self.out_mapper[1].weight.dtype)
         cond_blc = self.condition_sequence(byt5_blc, clip_bc, clip_image)
         x = self.embedding(self.in_mapper(tokens_bhw).permute(0, 3, 1, 2))
         level_outputs = []

@@ -67,7 +67,9 @@ class ResBlock(nn.Module):
 
 
 class Codebook(nn.Module):
-    """Holds ``codebook.weight`` [K, c_latent] under the released name ``vquantizer.codebook``."""
+    """Holds ``codebook.weight`` [K, c_latent] under the released name ``vquantizer.codebook``; float32."""
+
+    keeps_float32 = True
 
     def __init__(self, size: int, dim: int):
         super().__init__()
@@ -76,6 +78,7 @@ class Codebook(nn.Module):
     def nearest(self, z_nc: torch.Tensor) -> torch.Tensor:
         """Index of the nearest row for each vector ``[N, c]`` (|c|^2 + |z|^2 - 2 z.c, first minimum)."""
         codes_kc = self.codebook.weight
+        z_nc = z_nc.float()
         dist_nk = (codes_kc.pow(2).sum(dim=1)[None, :] + z_nc.pow(2).sum(dim=1, keepdim=True)
                    - 2 * (z_nc @ codes_kc.t()))
         return dist_nk.argmin(dim=1)
@@ -115,7 +118,7 @@ class VQGANF4(nn.Module):
         if image_b3hw.shape[-2] % f or image_b3hw.shape[-1] % f:
             raise BoundlessError(f"the f4 VQGAN needs image sides that are multiples of {f} px, got "
                                  f"{image_b3hw.shape[-1]}x{image_b3hw.shape[-2]}; crop or resize the image")
-        latent_bchw = self.down_blocks(self.in_block(image_b3hw))
+        latent_bchw = self.down_blocks(self.in_block(image_b3hw.to(self.weight_dtype))).float()
         return self.quantize(latent_bchw), latent_bchw
 
     def quantize(self, latent_bchw: torch.Tensor) -> torch.Tensor:
@@ -126,4 +129,9 @@ class VQGANF4(nn.Module):
     def decode_indices(self, indices_bhw: torch.Tensor) -> torch.Tensor:
         """Indices -> image ``[B, 3, f*h, f*w]``, unclamped (no scale factor, as Paella decodes)."""
         latent_bchw = self.vquantizer.codebook(indices_bhw).permute(0, 3, 1, 2)
-        return self.out_block(self.up_blocks(latent_bchw))
+        return self.out_block(self.up_blocks(latent_bchw.to(self.weight_dtype))).float()
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype the convolutions compute in (the codebook stays float32)."""
+        return self.out_block[0].weight.dtype

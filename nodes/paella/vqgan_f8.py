@@ -50,6 +50,10 @@ class VQGANF8Config:
 
 
 class GumbelQuantize(nn.Module):
+    """Code logits and codebook of the Gumbel VQGAN; float32 (code choice and lookup)."""
+
+    keeps_float32 = True
+
     def __init__(self, z_channels: int, n_embed: int, embed_dim: int):
         super().__init__()
         self.proj = nn.Conv2d(z_channels, n_embed, 1)
@@ -67,6 +71,11 @@ class VQGANF8(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.taming.z_channels, 1)
 
     @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype encoder and decoder compute in (logits and codebook stay float32)."""
+        return self.quant_conv.weight.dtype
+
+    @property
     def codebook(self) -> torch.Tensor:
         """[n_embed, embed_dim]"""
         return self.quantize.embed.weight
@@ -77,7 +86,8 @@ class VQGANF8(nn.Module):
         if image_b3hw.shape[-2] % f or image_b3hw.shape[-1] % f:
             raise BoundlessError(f"the f{f} VQGAN needs image sides that are multiples of {f} px, got "
                                  f"{image_b3hw.shape[-1]}x{image_b3hw.shape[-2]}; crop or resize the image")
-        return self.quantize.proj(self.quant_conv(self.encoder(2 * image_b3hw - 1)))
+        features = self.quant_conv(self.encoder(2 * image_b3hw.to(self.weight_dtype) - 1))
+        return self.quantize.proj(features.float())
 
     def encode(self, image_b3hw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Indices ``[B, H/f, W/f]``: argmax code, or (with a generator) Paella v1's hard Gumbel sample.
@@ -94,5 +104,5 @@ class VQGANF8(nn.Module):
     def decode_indices(self, indices_bhw: torch.Tensor) -> torch.Tensor:
         """Indices -> image ``[B, 3, f*h, f*w]`` in [0, 1]."""
         z_bchw = self.quantize.embed(indices_bhw).permute(0, 3, 1, 2)
-        y = self.decoder(self.post_quant_conv(z_bchw))
+        y = self.decoder(self.post_quant_conv(z_bchw.to(self.weight_dtype))).float()
         return (y.clamp(-1.0, 1.0) + 1.0) / 2.0

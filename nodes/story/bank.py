@@ -3,7 +3,10 @@
 An entry is the projected keys and values of the shared (randomly selected) tokens of all identity
 images of one character, for one (step, layer, cond/uncond kind): ``(k [M, C], v [M, C])``. Only
 entries that a panel will actually read are stored (steps and layer calls where CSA applies), and
-they live on the offload device between uses (CPU RAM by default). The bank's size therefore
+they live in CPU RAM between uses, never on the GPU: ComfyUI keeps node outputs across prompts, so a
+bank on the GPU would hold gigabytes of VRAM for as long as the graph is unchanged. Entries leave
+the GPU by asynchronous copies into pinned memory and return the same way, so the sampler never
+waits for them. The bank's size therefore
 depends on the characters, identity images, steps, layers and sharing rates, never on the number of
 panels that read it.
 """
@@ -55,7 +58,15 @@ class CharacterBank:
         self.images[character] = images
 
     def put(self, character: str, step: int, layer: int, kind: int, k_mc: torch.Tensor, v_mc: torch.Tensor) -> None:
-        self.entries[(character, step, layer, kind)] = (k_mc.to(self.offload_device), v_mc.to(self.offload_device))
+        self.entries[(character, step, layer, kind)] = (self._offload(k_mc), self._offload(v_mc))
+
+    def _offload(self, x: torch.Tensor) -> torch.Tensor:
+        """A copy of ``x`` on the offload device, made without waiting (pinned memory from a GPU)."""
+        if x.device == self.offload_device:
+            return x
+        kept = torch.empty(x.shape, dtype=x.dtype, device=self.offload_device,
+                           pin_memory=x.is_cuda and self.offload_device.type == "cpu")
+        return kept.copy_(x, non_blocking=True)
 
     # ------------------------------------------------------------------ reading
     def check_readable(self, schedule: Sequence[float], characters: Sequence[str]) -> None:

@@ -23,13 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 # attend(q [B,N,C], k [B,M,C], v [B,M,C], heads) -> [B,N,C]; ComfyUI's optimized_attention fits.
 Attend = Callable[..., torch.Tensor]
+# Which tokens of each image are shared: a ``[n, N]`` bool mask, or n index vectors (``token_picks``).
+Selection = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def token_picks(select_nn: torch.Tensor, device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Per image, the indices of its selected tokens in increasing order (int64, on ``device``).
+
+    The masks are drawn on the CPU, so finding the indices there costs the GPU nothing; gathering
+    with index vectors instead of boolean masks keeps the attention calls free of host waits.
+    """
+    return [row.nonzero()[:, 0].to(device or row.device, non_blocking=True) for row in select_nn.cpu()]
 
 
 def sdpa_attention(q_bnc: torch.Tensor, k_bmc: torch.Tensor, v_bmc: torch.Tensor, heads: int,
@@ -57,40 +68,49 @@ def plain_attention(q_bnc, k_bnc, v_bnc, heads: int, attend: Attend = sdpa_atten
     return attend(q_bnc, k_bnc, v_bnc, heads)
 
 
-def shared_tokens(x_bnc: torch.Tensor, select_nn: torch.Tensor, n_chunks: int) -> torch.Tensor:
-    """The selected tokens of every image, per chunk: ``[chunks, M, C]``, M = ``select.sum()``.
+def _picks(select: Selection, device) -> list[torch.Tensor]:
+    return token_picks(select, device) if isinstance(select, torch.Tensor) else list(select)
+
+
+def shared_tokens(x_bnc: torch.Tensor, select: Selection, n_chunks: int) -> torch.Tensor:
+    """The selected tokens of every image, per chunk: ``[chunks, M, C]``, M = tokens selected in all.
 
     Order inside a chunk: image 0's selected tokens in increasing index, then image 1's, ...
     This is what an identity pass stores in the character bank (with ``x`` = the call's k or v).
     """
-    n = select_nn.shape[0]
+    picks = _picks(select, x_bnc.device)
+    n = len(picks)
     x_cnNc = x_bnc.reshape(n_chunks, n, x_bnc.shape[1], x_bnc.shape[2])
-    return torch.cat([x_cnNc[:, i][:, select_nn[i]] for i in range(n)], dim=1)
+    return torch.cat([x_cnNc[:, i].index_select(1, picks[i]) for i in range(n)], dim=1)
 
 
-def identity_attention(q_bnc, k_bnc, v_bnc, select_nn: Optional[torch.Tensor], n_chunks: int, heads: int,
+def identity_attention(q_bnc, k_bnc, v_bnc, select: Optional[Selection], n_chunks: int, heads: int,
                        attend: Attend = sdpa_attention) -> torch.Tensor:
     """CSA among the ``n`` identity images of every chunk.
 
     Image ``i`` attends to the selected tokens of every other image ``j != i`` of its chunk (in
     increasing ``j``), followed by all ``N`` of its own tokens. The shared tokens come from the
     call's inputs, so the result does not depend on the order images are processed in.
-    ``select_nn`` ``[n, N]`` bool; ``None`` shares every token (rate 1).
+    ``select``: a ``[n, N]`` bool mask or n index vectors; ``None`` shares every token (rate 1).
     """
     b, tokens, c = q_bnc.shape
     n = rows_per_chunk(b, n_chunks)
-    if select_nn is None:
-        select_nn = torch.ones(n, tokens, dtype=torch.bool, device=q_bnc.device)
-    if tuple(select_nn.shape) != (n, tokens):
-        raise ValueError(f"token selection {tuple(select_nn.shape)} does not fit {n} images of {tokens} tokens")
+    if isinstance(select, torch.Tensor) and tuple(select.shape) != (n, tokens):
+        raise ValueError(f"token selection {tuple(select.shape)} does not fit {n} images of {tokens} tokens")
+    if select is not None and not isinstance(select, torch.Tensor) and len(select) != n:
+        raise ValueError(f"token selection for {len(select)} images does not fit {n} images")
     if n == 1:
         return plain_attention(q_bnc, k_bnc, v_bnc, heads, attend)
-    select_nn = select_nn.to(q_bnc.device)
     q_cnNc = q_bnc.reshape(n_chunks, n, tokens, c)
     k_cnNc = k_bnc.reshape(n_chunks, n, tokens, c)
     v_cnNc = v_bnc.reshape(n_chunks, n, tokens, c)
-    shared_k = [k_cnNc[:, j][:, select_nn[j]] for j in range(n)]   # each [chunks, m_j, C]
-    shared_v = [v_cnNc[:, j][:, select_nn[j]] for j in range(n)]
+    if select is None:
+        shared_k = [k_cnNc[:, j] for j in range(n)]
+        shared_v = [v_cnNc[:, j] for j in range(n)]
+    else:
+        picks = _picks(select, q_bnc.device)
+        shared_k = [k_cnNc[:, j].index_select(1, picks[j]) for j in range(n)]   # each [chunks, m_j, C]
+        shared_v = [v_cnNc[:, j].index_select(1, picks[j]) for j in range(n)]
     out_cnNc = torch.empty_like(q_cnNc)
     for i in range(n):
         others = [j for j in range(n) if j != i]
@@ -119,8 +139,8 @@ def panel_attention(q_bnc, k_bnc, v_bnc, banks: Sequence[Optional[tuple[torch.Te
         if bank is None or bank[0].shape[0] == 0:
             out_cnNc[ci] = attend(q_cnNc[ci], k_cnNc[ci], v_cnNc[ci], heads)
             continue
-        bank_k = bank[0].to(device=q_bnc.device, dtype=k_bnc.dtype)
-        bank_v = bank[1].to(device=q_bnc.device, dtype=v_bnc.dtype)
+        bank_k = bank[0].to(device=q_bnc.device, dtype=k_bnc.dtype, non_blocking=True)
+        bank_v = bank[1].to(device=q_bnc.device, dtype=v_bnc.dtype, non_blocking=True)
         m = bank_k.shape[0]
         keys = torch.cat([bank_k.unsqueeze(0).expand(n, m, c), k_cnNc[ci]], dim=1)     # [n, M+N, C]
         values = torch.cat([bank_v.unsqueeze(0).expand(n, m, c), v_cnNc[ci]], dim=1)

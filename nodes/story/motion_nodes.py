@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from fractions import Fraction
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from comfy_api.latest import InputImpl, Types, io, ui
@@ -70,7 +70,11 @@ def comfy_attention(q, k, v, heads, attn_precision=None):
 
 
 def read_weights(path: str) -> dict[str, torch.Tensor]:
-    return flatten_ip_adapter(read_checkpoint(path))
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint, Mapping):
+        raise BoundlessError(f"{os.path.basename(path)} holds a {type(checkpoint).__name__}, not named weights; "
+                             "pick an SMP file (scripts/train_smp.py) or an IP-Adapter file")
+    return flatten_ip_adapter(checkpoint)
 
 
 class SMPLoader(io.ComfyNode):
@@ -115,7 +119,9 @@ class SMPLoader(io.ComfyNode):
                 f"the predictor works on {d}-wide image embeddings but the cross-attention weights expect "
                 f"{conditioner.config.embed_dim}-wide ones: both must come from the same image encoder (e.g. CLIP "
                 "ViT-H gives 1024). Train a predictor for that encoder with scripts/train_smp.py --clip-vision <file>.")
-        return io.NodeOutput(MotionModels(comfy_glue.managed(predictor),
+        # The predictor is a few MB and runs once per video: float32 costs nothing there and keeps its
+        # time features and embeddings in one dtype; the IP-Adapter weights follow ComfyUI's choice.
+        return io.NodeOutput(MotionModels(comfy_glue.managed(predictor, supported=(torch.float32,)),
                                           None if conditioner is None else comfy_glue.managed(conditioner),
                                           d, smp_name))
 
@@ -145,6 +151,12 @@ def embeddings_from_file(name: str) -> torch.Tensor:
             raise BoundlessError(f"{os.path.basename(path)} holds {len(tensors)} tensors; name the keyframe "
                                  "embeddings 'image_embeds' ([N, D])")
         embeds = next(iter(tensors.values()))
+    if embeds.ndim < 1 or embeds.shape[-1] == 0 or not embeds.is_floating_point():
+        raise BoundlessError(f"{os.path.basename(path)}: the keyframe embeddings must be a float tensor [N, D], got "
+                             f"{embeds.dtype} of shape {tuple(embeds.shape)}")
+    if not bool(torch.isfinite(embeds).all()):
+        raise BoundlessError(f"{os.path.basename(path)}: the keyframe embeddings hold NaN or inf values (a float16 "
+                             "export that overflowed?); recompute them in float32")
     return embeds.float().reshape(-1, embeds.shape[-1])
 
 

@@ -18,7 +18,6 @@ from typing import Optional
 
 from comfy_api.latest import io
 
-import comfy.model_management as mm
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..common import comfy_glue
@@ -179,7 +178,7 @@ class ConsistentSelfAttention(io.ComfyNode):
         layers = choose_layers(unet_attention_layers(model.get_model_object("diffusion_model")), blocks)
         settings = CSASettings(seed=selection_seed, rate_h32=rate_h32, rate_h16=rate_h16, rate_h8=rate_h8,
                                gating=Gating(start_step, skip_prob_early, skip_prob_late, late_from_step))
-        bank = CharacterBank(mm.unet_offload_device())
+        bank = CharacterBank("cpu")   # never the GPU: ComfyUI caches node outputs across prompts
         rows = story.identity_rows if story is not None else None
         patch = StoryAttention(layers, settings, bank, "write", rows, attend=comfy_attention)
         return io.NodeOutput(install(model, patch, layers), StoryBank(bank, model, layers, settings, story))

@@ -23,7 +23,7 @@ import torch
 from ..common.errors import BoundlessError
 from .bank import CharacterBank
 from .csa import (Attend, Gating, TokenDraws, gating_table, identity_attention, panel_attention,
-                  plain_attention, rows_per_chunk, sdpa_attention, shared_tokens, step_index)
+                  plain_attention, rows_per_chunk, sdpa_attention, shared_tokens, step_index, token_picks)
 from .layers import LayerSpec, level_tokens
 
 WHOLE_BATCH = "character"   # the character name used when no story says who is who
@@ -74,19 +74,48 @@ class StoryAttention:
         self.mode = mode
         self.rows = None if rows is None else [tuple(r) for r in rows]
         self.attend = attend
-        self._gates: dict[int, torch.Tensor] = {}
+        self._gates: dict[int, list[list[bool]]] = {}
         self._draws: dict[tuple, TokenDraws] = {}
+        # Found once per sampling run / model call, not per layer call (each read waits for the GPU):
+        self._schedule_of: Optional[torch.Tensor] = None      # the sample_sigmas tensor last seen
+        self._schedule: list[float] = []
+        self._sigmas_of: Optional[torch.Tensor] = None        # the sigmas tensor of the current call
+        self._step = 0
+        self._picks: dict[tuple, list[torch.Tensor]] = {}     # this step's token indices on the device
 
     def __deepcopy__(self, memo):
         """Model clones share the patch (and so the bank); it holds no per-model state."""
         return self
 
     # ------------------------------------------------------------------ helpers
-    def gates(self, steps: int) -> torch.Tensor:
-        """``[steps, layers]`` bool: where CSA applies, reproduced from the seed (cached per step count)."""
+    def gates(self, steps: int) -> list[list[bool]]:
+        """``[steps][layers]``: where CSA applies, reproduced from the seed (cached per step count)."""
         if steps not in self._gates:
-            self._gates[steps] = gating_table(self.settings.seed, steps, len(self.layers), self.settings.gating)
+            table = gating_table(self.settings.seed, steps, len(self.layers), self.settings.gating)
+            self._gates[steps] = table.tolist()
         return self._gates[steps]
+
+    def schedule_and_step(self, extra_options: dict) -> tuple[list[float], int]:
+        """The run's sigmas and the current step. ComfyUI passes one ``sample_sigmas`` tensor per run
+        and one ``sigmas`` tensor per model call to every layer, so each is read once."""
+        sample_sigmas, sigmas = extra_options["sample_sigmas"], extra_options["sigmas"]
+        if sample_sigmas is not self._schedule_of:
+            self._schedule = sample_sigmas.detach().float().cpu().tolist()
+            self._schedule_of = sample_sigmas
+            self._sigmas_of = None
+        if sigmas is not self._sigmas_of:
+            self._step = step_index(float(sigmas.detach().float().max()), self._schedule)
+            self._sigmas_of = sigmas
+        return self._schedule, self._step
+
+    def picks(self, rows: int, latent_hw: tuple[int, int], step: int, level: int, device) -> list[torch.Tensor]:
+        """Token indices of every identity row at one level for this step, uploaded once per step."""
+        key = (rows, latent_hw, step, level, str(device))
+        if key not in self._picks:
+            if any(k[2] != step for k in self._picks):
+                self._picks.clear()
+            self._picks[key] = token_picks(self.draws(rows, latent_hw).draw(step)[level], device)
+        return self._picks[key]
 
     def draws(self, rows: int, latent_hw: tuple[int, int]) -> TokenDraws:
         key = (rows, latent_hw)
@@ -128,14 +157,13 @@ class StoryAttention:
         if "sample_sigmas" not in extra_options or "sigmas" not in extra_options:
             raise BoundlessError("Consistent Self-Attention needs ComfyUI's sampler (sigmas and sample_sigmas in "
                                  "transformer_options); sample the model with a ComfyUI sampler node.")
-        schedule = [float(s) for s in extra_options["sample_sigmas"].detach().float().cpu()]
-        step = step_index(float(extra_options["sigmas"].detach().float().max()), schedule)
+        schedule, step = self.schedule_and_step(extra_options)
         steps = len(schedule) - 1
         latent_hw = (int(extra_options["original_shape"][-2]), int(extra_options["original_shape"][-1]))
         spec = self.layers[layer]
         if q_bnc.shape[1] != level_tokens(*latent_hw, spec.factor):
             return plain()   # a cropped area condition: the tokens are not the image's grid
-        applied = step < steps and bool(self.gates(steps)[step, layer])
+        applied = step < steps and self.gates(steps)[step][layer]
         if self.mode == "write":
             return self._write(q_bnc, k_bnc, v_bnc, kinds, n, heads, layer, step, applied, schedule, latent_hw,
                                attend_opts)
@@ -156,10 +184,10 @@ class StoryAttention:
         chunks = len(kinds)
         per_character = max(images.values())
         level = self.factors.index(self.layers[layer].factor)
-        select_all = self.draws(per_character + 1, latent_hw).draw(step)[level]   # [rows, N]
+        picks = self.picks(per_character + 1, latent_hw, step, level, q.device)   # one per row
         out = torch.empty_like(q)
         for name, index in groups:
-            select = select_all[:len(index)].to(q.device)
+            select = picks[:len(index)]
             batch_rows = self._batch_rows(index, n, chunks, q.device)
             q_g, k_g, v_g = (t if batch_rows is None else t.index_select(0, batch_rows) for t in (q, k, v))
             out_g = identity_attention(q_g, k_g, v_g, select, chunks, heads, attend)

@@ -42,7 +42,7 @@ class TextEncoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, encoder_name) -> io.NodeOutput:
         path = default_path() if encoder_name == PACKAGED else comfy_glue.model_path(FOLDER, encoder_name)
-        return io.NodeOutput(comfy_glue.managed(load_text_encoder(path)))
+        return io.NodeOutput(comfy_glue.managed(load_text_encoder(path), comfy_glue.TEXT_ENCODER))
 
 
 class EncodeText(io.ComfyNode):

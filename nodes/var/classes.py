@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import re
 
 from ..common.errors import BoundlessError
 
@@ -41,7 +42,7 @@ def parse_class(text: str, num_classes: int = 1000) -> int | None:
     if lowered == UNCONDITIONAL:
         return num_classes
     head = item.split(":", 1)[0].strip()
-    if head.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", head):             # ASCII digits only: "²" or "--5" are no ids
         class_id = int(head)
         if not 0 <= class_id < num_classes:
             raise BoundlessError(f"class id {class_id} is out of range: this model knows classes 0..{num_classes - 1}")

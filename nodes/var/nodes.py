@@ -9,6 +9,7 @@ from comfy_api.latest import io
 import comfy.model_management as mm
 
 from ..common import comfy_glue, sockets
+from ..common.draws import MODE_TOOLTIP as DRAWS_TOOLTIP, MODEL_DEVICE, MODES as DRAW_MODES, Draws
 from ..common.errors import BoundlessError
 from ..common.images import image_to_model, model_to_image
 from ..common.tokens import Tokens, fingerprint
@@ -23,6 +24,7 @@ from .transformer import VARConfig
 VARModel = io.Custom("BOUNDLESS_VAR_MODEL")      # VARBundle below
 TOKENIZER_KIND = "var-vqvae"
 CATEGORY = "Boundless/var"
+MAX_IMAGES = 64          # per VAR Sample run, whatever mix of classes and batch_size
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -42,16 +44,17 @@ class VARBundle:
         return [p.model for p in patchers]
 
 
-def _auto_precision() -> torch.dtype:
-    device = comfy_glue.compute_device()
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _tokens(vae, maps) -> Tokens:
     return Tokens(scales=tuple(m.to(comfy_glue.output_device()) for m in maps),
                   tokenizer=fingerprint(TOKENIZER_KIND, vae.quantize.codebook), factor=PIXELS_PER_TOKEN)
+
+
+def _decode(vae, f_hat_bchw: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Images from ``f_hat``, a few at a time: the decoder's full-resolution activations are the
+    largest tensors of a run, so a big batch decoded at once is what runs out of memory."""
+    parts = [model_to_image(vae.decode_fhat(f_hat_bchw[i:i + chunk])).to(comfy_glue.output_device())
+             for i in range(0, f_hat_bchw.shape[0], chunk)]
+    return torch.cat(parts)
 
 
 def _settings(cfg, top_k, top_p, more_smooth) -> SamplingSettings:
@@ -61,9 +64,9 @@ def _settings(cfg, top_k, top_p, more_smooth) -> SamplingSettings:
 def _sampling_inputs(cfg_default: float, smooth_default: bool) -> list:
     return [
         io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                     tooltip="Seed of the CPU generator that draws every token, so the random stream is the same "
-                             "on any device. Same seed on CPU in fp32: the same tokens as the authors' code; "
-                             "on a GPU in bf16/fp16 the logits differ slightly, so some tokens can differ."),
+                     tooltip="Seed of the generator that draws every token (where: see 'draws'). Same seed on "
+                             "CPU in fp32: the same tokens as the authors' code; in bf16/fp16 the logits differ "
+                             "slightly, so some tokens can differ."),
         io.Float.Input("cfg", default=cfg_default, min=0.0, max=20.0, step=0.1,
                        tooltip="Classifier-free guidance at the last scale; it ramps up linearly from 0 at the "
                                "1x1 scale. The authors' demo uses 4 (3 for editing); FID runs use 1.5. "
@@ -81,6 +84,11 @@ def _sampling_inputs(cfg_default: float, smooth_default: bool) -> list:
                          tooltip="Show the image after every scale in the progress bar; costs one VQVAE decode "
                                  "per scale (noticeable on CPU)."),
     ]
+
+
+def _draws_input():
+    return io.Combo.Input("draws", options=list(DRAW_MODES), default=MODEL_DEVICE, optional=True,
+                          tooltip=DRAWS_TOOLTIP)
 
 
 def _vqvae_node_schema(node_id: str, display_name: str, description: str, data_input, output) -> io.Schema:
@@ -106,8 +114,10 @@ class VARLoader(io.ComfyNode):
                                    tooltip="The transformer file in models/var: var_d16/d20/d24/d30 (256 px) or "
                                            "var_d36 (512 px)."),
                     io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
-                                   tooltip="Transformer weight dtype: auto = fp32 on CPU, bf16 (or fp16) on GPU. "
-                                           "Logits and the VQVAE always run in fp32.")],
+                                   tooltip="Transformer dtype: auto = what ComfyUI picks for the device and its "
+                                           "precision flags (fp32 on CPU, bf16 or fp16 on most GPUs). Logits, "
+                                           "codebook distances and f_hat always stay fp32; the VQVAE's encoder "
+                                           "and decoder follow ComfyUI's VAE precision.")],
             outputs=[VARModel.Output(
                 display_name="var_model",
                 tooltip="The VAR VQVAE and transformer together: connect it to VAR Sample, VAR Edit, VAR Encode "
@@ -116,14 +126,14 @@ class VARLoader(io.ComfyNode):
     @classmethod
     def execute(cls, vqvae_name, transformer_name, precision) -> io.NodeOutput:
         vae = load_vqvae(comfy_glue.model_path("var", vqvae_name))
-        dtype = PRECISIONS[precision] or _auto_precision()
-        transformer = load_transformer(comfy_glue.model_path("var", transformer_name), dtype=dtype)
+        transformer = load_transformer(comfy_glue.model_path("var", transformer_name))
         if (transformer.config.latent_channels, transformer.config.vocab_size) != (
                 vae.config.latent_channels, vae.config.vocab_size):
             raise BoundlessError(f"{transformer_name} expects a VQVAE with {transformer.config.latent_channels} "
                                  f"latent channels and {transformer.config.vocab_size} codes, but {vqvae_name} has "
                                  f"{vae.config.latent_channels} and {vae.config.vocab_size}; pick the matching VQVAE")
-        return io.NodeOutput(VARBundle(vae=comfy_glue.managed(vae), transformer=comfy_glue.managed(transformer),
+        return io.NodeOutput(VARBundle(vae=comfy_glue.managed(vae, comfy_glue.TOKENIZER),
+                                       transformer=comfy_glue.managed(transformer, dtype=PRECISIONS[precision]),
                                        config=transformer.config))
 
 
@@ -146,7 +156,8 @@ class VARSample(io.ComfyNode):
                                     tooltip="Optional list of classes (ids or ImageNet names, separated by commas) "
                                             "that replaces class_name; each gets batch_size images. Names match "
                                             "in any case, but the exact case wins ('Cardigan' 264 is the corgi, "
-                                            "'cardigan' 474 the sweater).")],
+                                            "'cardigan' 474 the sweater)."),
+                    _draws_input()],
             outputs=[io.Image.Output(display_name="image",
                                      tooltip="The generated images (batch_size per class, classes in order): "
                                              "connect them to Preview Image or Save Image."),
@@ -156,20 +167,23 @@ class VARSample(io.ComfyNode):
 
     @classmethod
     def execute(cls, var_model, class_name, seed, cfg, top_k, top_p, more_smooth, previews, batch_size,
-                classes) -> io.NodeOutput:
+                classes, draws=MODEL_DEVICE) -> io.NodeOutput:
         num_classes = var_model.config.num_classes
         chosen = parse_class_list(classes, num_classes) if classes.strip() else [parse_class(class_name, num_classes)]
         if None in chosen and len(chosen) > 1:
             raise BoundlessError("'random' draws every label from the seed; it cannot be mixed with other classes")
         labels = None if chosen == [None] else [c for c in chosen for _ in range(batch_size)]
         total = batch_size if labels is None else len(labels)
+        if total > MAX_IMAGES:
+            raise BoundlessError(f"VAR Sample: {len(chosen)} classes x batch_size {batch_size} = {total} images, over "
+                                 f"the {MAX_IMAGES} one run can hold; split the classes over several VAR Sample "
+                                 "nodes or lower batch_size")
         vae, transformer = var_model.load()
-        generator = torch.Generator().manual_seed(seed)
-        result = sample(transformer, vae, total, generator, labels=labels,
+        result = sample(transformer, vae, total, Draws(seed, transformer.weight_device, draws), labels=labels,
                         settings=_settings(cfg, top_k, top_p, more_smooth),
                         progress=comfy_glue.progress_reporter(len(var_model.config.patch_nums)),
                         preview=decoded_preview(vae) if previews else None)
-        image = model_to_image(vae.decode_fhat(result.f_hat)).to(comfy_glue.output_device())
+        image = _decode(vae, result.f_hat)
         return io.NodeOutput(image, _tokens(vae, result.tokens))
 
 
@@ -197,7 +211,8 @@ class VAREdit(io.ComfyNode):
                     *_sampling_inputs(cfg_default=3.0, smooth_default=True),
                     io.Boolean.Input("composite", default=True,
                                      tooltip="Paste the original pixels back outside the mask (blended by the "
-                                             "mask), since tokens can only follow the mask in 16-pixel steps.")],
+                                             "mask), since tokens can only follow the mask in 16-pixel steps."),
+                    _draws_input()],
             outputs=[io.Image.Output(display_name="image",
                                      tooltip="The edited images (with the original pasted back outside the mask "
                                              "when composite is on): connect them to Preview Image or Save Image."),
@@ -207,7 +222,7 @@ class VAREdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, var_model, image, mask, mode, class_name, seed, cfg, top_k, top_p, more_smooth, previews,
-                composite) -> io.NodeOutput:
+                composite, draws=MODEL_DEVICE) -> io.NodeOutput:
         config = var_model.config
         label = edit_label(EditMode(mode), parse_class(class_name, config.num_classes), config.num_classes)
         mask_bhw = mask.reshape(-1, *mask.shape[-2:]).float().clamp(0.0, 1.0)   # [H,W] / [B,1,H,W] -> [B,H,W]
@@ -215,11 +230,11 @@ class VAREdit(io.ComfyNode):
         vae, transformer = var_model.load()
         device = transformer.weight_device
         guide = edit_guide(vae, image_to_model(image).to(device), keep_grid(mask_bhw).to(device), config.patch_nums)
-        result = sample(transformer, vae, image.shape[0], torch.Generator().manual_seed(seed), labels=label,
+        result = sample(transformer, vae, image.shape[0], Draws(seed, device, draws), labels=label,
                         settings=_settings(cfg, top_k, top_p, more_smooth), guide=guide,
                         progress=comfy_glue.progress_reporter(len(config.patch_nums)),
                         preview=decoded_preview(vae) if previews else None)
-        edited = model_to_image(vae.decode_fhat(result.f_hat))
+        edited = _decode(vae, result.f_hat)
         if composite:
             edited = composite_pixels(model_to_image(image_to_model(image)), edited, mask_bhw)   # RGB source
         return io.NodeOutput(edited.to(comfy_glue.output_device()), _tokens(vae, result.tokens))

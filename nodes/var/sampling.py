@@ -3,10 +3,10 @@
 The loop follows the authors' ``autoregressive_infer_cfg`` so that, for the same seed on CPU, it
 draws the very same tokens:
 
-* one CPU ``torch.Generator`` is the only randomness; it is consumed in a fixed order (labels when
-  not given, then per scale one multinomial over ``B * pn^2`` rows, then Gumbel noise of shape
-  ``[B, pn^2, V]`` when ``more_smooth``). Probabilities are moved to the CPU before drawing, so a
-  model running on a GPU still reproduces CPU token streams;
+* one seeded stream (``common.draws.Draws``, on the model's device by default, as the authors'
+  ``rng``; on the CPU in "cpu" mode) is the only randomness; it is consumed in a fixed order (labels
+  when not given, then per scale one categorical draw over ``B * pn^2`` rows, then Gumbel noise of
+  shape ``[B, pn^2, V]`` when ``more_smooth``). The scale loop never waits for the device;
 * classifier-free guidance ramps linearly over the scales: ``t = cfg * k / (K-1)`` and
   ``g = (1 + t) * cond - t * uncond``, so the 1x1 scale is unguided;
 * top-k keeps ties at the threshold; top-p (after top-k) removes the ascending-sorted prefix whose
@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..common.draws import Draws
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
 from .schedule import area_down, block_causal_mask, scale_starts
@@ -64,7 +65,7 @@ class SampleResult:
     f_hat: torch.Tensor                       # ``[B,Cvae,P,P]`` float32 decoder input
 
 
-def resolve_labels(labels, batch_size: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def resolve_labels(labels, batch_size: int, num_classes: int, draws: Draws) -> torch.Tensor:
     """Class ids ``[B]`` (int64, CPU) from None (drawn uniformly), an int, or a sequence/tensor.
 
     A negative id or ``num_classes`` means unconditional. Drawing consumes the generator exactly as
@@ -73,9 +74,9 @@ def resolve_labels(labels, batch_size: int, num_classes: int, generator: torch.G
     if batch_size < 1:
         raise BoundlessError(f"batch size must be at least 1, got {batch_size}")
     if labels is None:
-        uniform_1n = torch.full((1, num_classes), 1.0 / num_classes, dtype=torch.float32)
+        uniform_1n = torch.full((1, num_classes), 1.0 / num_classes, dtype=torch.float32, device=draws.where)
         return torch.multinomial(uniform_1n, num_samples=batch_size, replacement=True,
-                                 generator=generator).reshape(batch_size)
+                                 generator=draws.generator).reshape(batch_size).cpu()
     if isinstance(labels, int):
         labels = [labels] * batch_size
     labels_b = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
@@ -113,19 +114,19 @@ def filter_logits(logits_blv: torch.Tensor, top_k: int, top_p: float) -> torch.T
     return logits_blv
 
 
-def draw_tokens(filtered_blv: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per (batch, position) row from ``softmax``, drawn on the CPU generator: ``[B, l]``."""
+def draw_tokens(filtered_blv: torch.Tensor, draws: Draws) -> torch.Tensor:
+    """One token per (batch, position) row from ``softmax`` (the authors' one-sample multinomial): ``[B, l]``."""
     b, l, vocab = filtered_blv.shape
-    probs_nv = filtered_blv.float().softmax(dim=-1).reshape(b * l, vocab).cpu()
-    return torch.multinomial(probs_nv, num_samples=1, replacement=True, generator=generator).reshape(b, l)
+    probs_nv = filtered_blv.float().softmax(dim=-1).reshape(b * l, vocab)
+    return draws.categorical(probs_nv).reshape(b, l)
 
 
-def gumbel_soft_codes(filtered_blv: torch.Tensor, ratio: float, generator: torch.Generator,
+def gumbel_soft_codes(filtered_blv: torch.Tensor, ratio: float, draws: Draws,
                       codebook_vc: torch.Tensor) -> torch.Tensor:
     """``more_smooth`` embeddings ``softmax((g * (1 + r) + G) / tau) @ E``: ``[B, l, Cvae]`` float32."""
     tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-    logits_blv = filtered_blv.float().cpu() * (1 + ratio)
-    gumbel_blv = -torch.empty_like(logits_blv).exponential_(generator=generator).log()
+    logits_blv = filtered_blv.float() * (1 + ratio)
+    gumbel_blv = -draws.exponential_like(logits_blv).log()
     weights_blv = ((logits_blv + gumbel_blv) / tau).softmax(dim=-1)
     return weights_blv.to(codebook_vc.device) @ codebook_vc.float()
 
@@ -151,7 +152,7 @@ def keep_maps_from_mask(keep_hw: torch.Tensor, patch_nums: tuple[int, ...]) -> t
 PreviewDecoder = Callable[[torch.Tensor], Optional[torch.Tensor]]
 
 
-def sample(transformer: VARTransformer, vae: VQVAE, batch_size: int, generator: torch.Generator,
+def sample(transformer: VARTransformer, vae: VQVAE, batch_size: int, draws: Draws,
            labels=None, settings: SamplingSettings = SamplingSettings(), guide: EditGuide | None = None,
            use_cache: bool = True, progress: Progress = no_progress,
            preview: PreviewDecoder | None = None) -> SampleResult:
@@ -167,7 +168,7 @@ def sample(transformer: VARTransformer, vae: VQVAE, batch_size: int, generator: 
         raise BoundlessError(f"the transformer expects a VQVAE with {config.latent_channels} latent channels and "
                              f"{config.vocab_size} codes, but this VQVAE has {vae.config.latent_channels} and "
                              f"{vae.config.vocab_size}; use the VQVAE released with this transformer")
-    labels_b = resolve_labels(labels, batch_size, config.num_classes, generator)
+    labels_b = resolve_labels(labels, batch_size, config.num_classes, draws)
     device = transformer.weight_device
     quantizer = vae.quantize
     codebook_vc = quantizer.codebook.float()
@@ -197,10 +198,10 @@ def sample(transformer: VARTransformer, vae: VQVAE, batch_size: int, generator: 
                                                  full_mask_ll[:end, :end])[:, starts[k]:]
         logits_blv = guided_logits(transformer.logits(hidden_2blc, cond_2bc), settings.cfg, ratio)
         filtered_blv = filter_logits(logits_blv, settings.top_k, settings.top_p)
-        idx_bl = draw_tokens(filtered_blv, generator)
+        idx_bl = draw_tokens(filtered_blv, draws)
         idx_bhw = idx_bl.reshape(batch_size, pn, pn).to(device)
         if settings.more_smooth:
-            codes_blc = gumbel_soft_codes(filtered_blv, ratio, generator, codebook_vc)
+            codes_blc = gumbel_soft_codes(filtered_blv, ratio, draws, codebook_vc)
             h_bchw = codes_blc.transpose(1, 2).reshape(batch_size, config.latent_channels, pn, pn)
         else:
             h_bchw = quantizer.embed(idx_bhw)

@@ -71,6 +71,8 @@ class PhiConvs(nn.Module):
 class MultiScaleQuantizer(nn.Module):
     """Residual quantisation of a ``P x P`` latent over a patch schedule (see module docstring)."""
 
+    keeps_float32 = True     # codebook distances and the running f_hat sums
+
     def __init__(self, config: VQVAEConfig):
         super().__init__()
         self.embedding = nn.Embedding(config.vocab_size, config.latent_channels)

@@ -9,7 +9,7 @@ from ..common.images import image_to_model, model_to_image
 from ..common.tokens import Tokens, fingerprint
 from .guided import load_guide
 from .loader import KIND, load_vqgan
-from .tiling import SIZE_POLICIES, check_fits, decode_tiled, encode_tiled, fit_to_factor
+from .tiling import SIZE_POLICIES, check_fits, check_output_fits, decode_tiled, encode_tiled, fit_to_factor
 
 
 
@@ -42,7 +42,7 @@ class VQGANLoader(io.ComfyNode):
     @classmethod
     def execute(cls, vqgan_name) -> io.NodeOutput:
         model = load_vqgan(comfy_glue.model_path("vqgan", vqgan_name))
-        return io.NodeOutput(comfy_glue.managed(model))
+        return io.NodeOutput(comfy_glue.managed(model, comfy_glue.TOKENIZER))
 
 
 class VQGANEncode(io.ComfyNode):
@@ -104,6 +104,7 @@ class VQGANDecode(io.ComfyNode):
         model = comfy_glue.load_for_use(vqgan)
         tokens.require(fingerprint(KIND, model.quantize.embedding.weight), "VQGAN Decode")
         height, width = tokens.pixel_size
+        check_output_fits(tokens.batch, height, width, comfy_glue.free_output_memory(), "VQGAN Decode")
         check_fits(model.config, tokens.batch, height, width, comfy_glue.free_memory(), tile_size, tile_margin)
         device = comfy_glue.compute_device()
         x_bchw = decode_tiled(model, tokens.indices.to(device), tile_size, tile_margin,
@@ -128,7 +129,8 @@ class PixelGuideLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, guide_name) -> io.NodeOutput:
-        return io.NodeOutput(comfy_glue.managed(load_guide(comfy_glue.model_path("pixel_guide", guide_name))))
+        guide = load_guide(comfy_glue.model_path("pixel_guide", guide_name))
+        return io.NodeOutput(comfy_glue.managed(guide, comfy_glue.TOKENIZER))
 
 
 NODES = [VQGANLoader, VQGANEncode, VQGANDecode, PixelGuideLoader]

@@ -82,6 +82,17 @@ def check_fits(config, batch: int, height: int, width: int, budget_bytes: int, t
         f"set tile_size to {suggestion} (or smaller) to process the canvas in tiles")
 
 
+def check_output_fits(batch: int, height: int, width: int, free_bytes: int, what: str) -> None:
+    """Refuse to decode into an IMAGE (float32, B x H x W x 3) larger than the memory it lands in:
+    tiles bound the decoder's work, not the size of the finished picture."""
+    need = batch * height * width * 3 * 4
+    if need > free_bytes:
+        raise BoundlessError(
+            f"{what}: the decoded image would be {width}x{height} px x {batch} ({need / 2**30:.1f} GiB as a ComfyUI "
+            f"IMAGE), more than the {free_bytes / 2**30:.1f} GiB of free memory; decode a smaller part (crop the "
+            "canvas or lower the batch), or write wide canvases to disk with Infinity Stream Canvas")
+
+
 def _tile_starts(total: int, tile: int) -> list[int]:
     """Starts of non-overlapping tiles covering [0, total)."""
     return list(range(0, total, tile))

@@ -193,7 +193,9 @@ class Decoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-codebook-row quantizer (taming ``VectorQuantizer2`` at inference)."""
+    """Nearest-codebook-row quantizer (taming ``VectorQuantizer2`` at inference); always float32."""
+
+    keeps_float32 = True
 
     def __init__(self, n_embed: int, embed_dim: int):
         super().__init__()
@@ -202,7 +204,7 @@ class VectorQuantizer(nn.Module):
     def indices(self, z_bchw: torch.Tensor) -> torch.Tensor:
         """[B,C,h,w] latents -> [B,h,w] int64 codebook rows, first minimum of the squared distance."""
         b, c, h, w = z_bchw.shape
-        z_nc = z_bchw.permute(0, 2, 3, 1).reshape(-1, c)
+        z_nc = z_bchw.float().permute(0, 2, 3, 1).reshape(-1, c)
         codes_kc = self.embedding.weight
         dist_nk = (z_nc.pow(2).sum(1, keepdim=True) + codes_kc.pow(2).sum(1)
                    - 2.0 * z_nc @ codes_kc.t())
@@ -233,9 +235,14 @@ class VQGAN(nn.Module):
     def n_embed(self) -> int:
         return self.config.n_embed
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype encoder and decoder compute in (the codebook stays float32)."""
+        return self.quant_conv.weight.dtype
+
     def encode(self, x_bchw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image in [-1,1] -> (z_q [B,E,h,w], indices [B,h,w], z [B,E,h,w])."""
-        z_bchw = self.quant_conv(self.encoder(x_bchw))
+        """Image in [-1,1] -> (z_q [B,E,h,w], indices [B,h,w], z [B,E,h,w]), latents in float32."""
+        z_bchw = self.quant_conv(self.encoder(x_bchw.to(self.weight_dtype))).float()
         indices_bhw = self.quantize.indices(z_bchw)
         return self.quantize.lookup(indices_bhw), indices_bhw, z_bchw
 
@@ -243,8 +250,8 @@ class VQGAN(nn.Module):
         return self.encode(x_bchw)[1]
 
     def decode(self, z_q_bchw: torch.Tensor) -> torch.Tensor:
-        """Quantized latents -> image, not clamped (the decoder can overshoot [-1,1])."""
-        return self.decoder(self.post_quant_conv(z_q_bchw))
+        """Quantized latents -> float32 image, not clamped (the decoder can overshoot [-1,1])."""
+        return self.decoder(self.post_quant_conv(z_q_bchw.to(self.weight_dtype))).float()
 
     def decode_indices(self, indices_bhw: torch.Tensor) -> torch.Tensor:
         return self.decode(self.quantize.lookup(indices_bhw))

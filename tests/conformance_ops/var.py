@@ -12,6 +12,7 @@ from . import Kind
 
 checkpoint = pack_module("nodes.var.checkpoint")
 sampling = pack_module("nodes.var.sampling")
+Draws = pack_module("nodes.common.draws").Draws
 
 
 def _maps(inputs: dict, prefix: str = "idx_") -> list[torch.Tensor]:
@@ -59,8 +60,7 @@ def _outputs(vae, result) -> dict[str, torch.Tensor]:
 
 def sample(models, inputs, params):
     vae, var = models
-    generator = torch.Generator().manual_seed(params["seed"])
-    result = sampling.sample(var, vae, params["batch_size"], generator, labels=params["labels"],
+    result = sampling.sample(var, vae, params["batch_size"], Draws(params["seed"], var.weight_device), labels=params["labels"],
                              settings=_settings(params))
     return _outputs(vae, result)
 
@@ -69,8 +69,7 @@ def inpaint(models, inputs, params):
     vae, var = models
     image = inputs["image"]
     guide = sampling.edit_guide(vae, image, inputs["mask"], var.config.patch_nums)
-    generator = torch.Generator().manual_seed(params["seed"])
-    result = sampling.sample(var, vae, image.shape[0], generator, labels=params["label"],
+    result = sampling.sample(var, vae, image.shape[0], Draws(params["seed"], var.weight_device), labels=params["label"],
                              settings=_settings(params), guide=guide)
     return _outputs(vae, result)
 

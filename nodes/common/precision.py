@@ -1,0 +1,33 @@
+"""Running a network in half precision while the parts whose math needs float32 keep it.
+
+ComfyUI picks a compute dtype per kind of model and device (bf16 or fp16 on most GPUs, fp32 on a
+CPU, or what the user's ``--fp16-…``/``--bf16-…``/``--fp32-…`` flags say). ``cast_module`` applies it
+to a pure-torch network, except for submodules that declare ``keeps_float32 = True``: the codebooks
+of the tokenizers, whose nearest-code searches compare squared distances that half precision
+cannot tell apart (a bf16 codebook picks other codes for the same image). Those modules take
+float32 inputs and their callers cast at the boundary, so logits, softmax, codebook distances and
+the noise-level embeddings stay float32 whatever the network runs in.
+"""
+from __future__ import annotations
+
+import torch
+
+HALF_AND_FULL = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(dtype)`` in place, then every ``keeps_float32`` submodule back to float32."""
+    module.to(dtype)
+    for sub in module.modules():
+        if getattr(sub, "keeps_float32", False):
+            sub.float()
+    return module
+
+
+def compute_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype the network computes in: that of its first parameter outside the float32 parts."""
+    kept = {id(p) for sub in module.modules() if getattr(sub, "keeps_float32", False) for p in sub.parameters()}
+    for parameter in module.parameters():
+        if id(parameter) not in kept and parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32

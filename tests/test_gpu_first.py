@@ -1,0 +1,217 @@
+"""GPU-first budgets, checked on a CPU stand-in device (tests/standin_device.py).
+
+Every sampler runs with its model on the stand-in: no tensor may be made on the wrong device, the
+tokens must be exactly those of a plain CPU run (the default draws are the authors' draws), and the
+host may wait for the device only as often as the issue's budget allows: Infinity never per token,
+VAR and Paella never per scale or step, CSA at most once per model call (one sigma read).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import paella_tiny
+from infinity_tiny import one_thread, tiny_model  # noqa: F401  (one_thread: autouse fixture)
+from packpath import pack_module
+from standin_device import STANDIN, StandInDevice
+from var_tiny import random_transformer, random_vqvae, tiny_transformer_config
+
+draws_mod = pack_module("nodes.common.draws")
+infinity_sampler = pack_module("nodes.infinity.sampler")
+var_sampling = pack_module("nodes.var.sampling")
+sampling_v3 = pack_module("nodes.paella.sampling_v3")
+sampling_v1 = pack_module("nodes.paella.sampling_v1")
+prior_mod = pack_module("nodes.paella.prior")
+csa = pack_module("nodes.story.csa")
+patch_mod = pack_module("nodes.story.patch")
+bank_mod = pack_module("nodes.story.bank")
+layers_mod = pack_module("nodes.story.layers")
+Draws = draws_mod.Draws
+
+
+# --------------------------------------------------------------------------- the tools themselves
+def test_the_stand_in_refuses_mixed_devices_and_counts_what_would_wait():
+    with StandInDevice() as dev:
+        x = torch.rand(4, 5, device=STANDIN)
+        assert x.device == STANDIN and (x * 2).device == STANDIN
+        with pytest.raises(RuntimeError, match="same device"):
+            x + torch.ones(4, 5)
+        assert (x + torch.tensor(1.0)).device == STANDIN            # a 0-dim CPU tensor is fine, as in CUDA
+        assert dev.syncs == 0
+        float(x.sum())
+        x.cpu()
+        x[x > 0.5]
+        torch.multinomial(x.softmax(-1), 1)
+        x.tolist()
+        assert dev.syncs == 5, dev.report()
+        dev.reset()
+        Draws(0, STANDIN).categorical(x.softmax(-1))
+        assert dev.syncs == 0, dev.report()
+
+
+@pytest.mark.parametrize("shape", [(6, 40), (1, 300), (3, 1, 7)])
+def test_device_draws_are_torch_multinomial_bit_for_bit(shape):
+    probs = torch.rand(*shape, generator=torch.Generator().manual_seed(1)).softmax(-1).reshape(-1, shape[-1])
+    probs[:, ::3] = 0.0                                               # impossible classes stay impossible
+    strided = torch.rand(1, 16, 4, 4).softmax(1).permute(0, 2, 3, 1).reshape(-1, 16)   # batch-1 view
+    for p in (probs, strided):
+        expected = torch.multinomial(p, 1, generator=torch.Generator().manual_seed(7))[:, 0]
+        for mode in draws_mod.MODES:
+            assert torch.equal(Draws(7, "cpu", mode).categorical(p), expected)
+    assert not strided.is_contiguous()
+    drawn = Draws(7, "cpu").categorical(probs)
+    assert bool((probs.gather(1, drawn[:, None]) > 0).all())
+
+
+def test_cpu_draws_on_the_stand_in_equal_device_draws_and_land_on_the_device():
+    probs = torch.rand(5, 30).softmax(-1)
+    with StandInDevice() as dev:
+        on_device = probs.to(STANDIN)
+        device_tokens = Draws(3, STANDIN).categorical(on_device)
+        host_tokens = Draws(3, STANDIN, draws_mod.CPU).categorical(on_device)
+        assert device_tokens.device == STANDIN and host_tokens.device == STANDIN
+        assert torch.equal(device_tokens.cpu(), host_tokens.cpu())
+    with pytest.raises(Exception, match="drawn on one of"):
+        Draws(0, "cpu", "gpu")
+
+
+# --------------------------------------------------------------------------- NUWA-Infinity
+def _canvas_on_standin(patch: int, **options):
+    model = tiny_model(patch_h=patch, patch_w=patch)
+    with torch.no_grad(), StandInDevice() as dev:
+        model.to(STANDIN)
+        dev.reset()
+        state = infinity_sampler.generate_canvas(model, 3, 2, order="right", seed=5, **options)
+    return state, dev
+
+
+@pytest.mark.parametrize("options", [{"top_k": 8}, {"temperature": 0.0}, {"temperature": 0.7, "top_k": 0}])
+def test_infinity_never_waits_per_token_and_draws_the_cpu_tokens(options):
+    small, dev_small = _canvas_on_standin(2, **options)        # 4 tokens per patch
+    large, dev_large = _canvas_on_standin(4, **options)        # 16 tokens per patch
+    assert dev_small.syncs == dev_large.syncs, (dev_small.report(), dev_large.report())
+    commits = sum(n for where, n in dev_large.where.items() if "sampler.py" in where)
+    assert commits == 6, dev_large.report()                     # one read-back per finished patch
+    reference = infinity_sampler.generate_canvas(tiny_model(patch_h=4, patch_w=4), 3, 2, order="right", seed=5,
+                                                 **options)
+    assert torch.equal(large.tokens, reference.tokens)
+
+
+# --------------------------------------------------------------------------- VAR
+@pytest.mark.parametrize("settings", [{}, {"more_smooth": True}])
+def test_var_never_waits_per_scale_and_draws_the_cpu_tokens(settings):
+    counts = []
+    for patch_nums in [(1, 2, 3), (1, 2, 3, 4, 6)]:
+        vae, var = random_vqvae(), random_transformer(tiny_transformer_config(patch_nums=patch_nums), seed=7)
+        sampler_settings = var_sampling.SamplingSettings(**settings)
+        with torch.no_grad():
+            reference = var_sampling.sample(var, vae, 2, Draws(0, "cpu"), labels=None, settings=sampler_settings)
+            with StandInDevice() as dev:
+                vae.to(STANDIN), var.to(STANDIN)
+                dev.reset()
+                result = var_sampling.sample(var, vae, 2, Draws(0, STANDIN), labels=None, settings=sampler_settings)
+                counts.append(dev.syncs)
+                tokens = [t.cpu() for t in result.tokens]
+        assert all(torch.equal(a, b) for a, b in zip(tokens, reference.tokens))
+    assert counts[0] == counts[1] <= 2, counts                  # the random labels: one draw per run
+
+
+# --------------------------------------------------------------------------- Paella
+def _v3_conditions():
+    g = torch.Generator().manual_seed(0)
+    cond = sampling_v3.V3Condition(torch.randn(1, 5, paella_tiny.BYT5_WIDTH, generator=g),
+                                   torch.randn(1, paella_tiny.CLIP_WIDTH, generator=g))
+    return cond, sampling_v3.V3Condition(torch.zeros(1, 5, paella_tiny.BYT5_WIDTH),
+                                         torch.zeros(1, paella_tiny.CLIP_WIDTH))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("mode", ["multinomial", "argmax"])
+def test_paella_v3_never_waits_per_step_and_draws_the_cpu_tokens(batch, mode):
+    cond, uncond = _v3_conditions()
+    for steps in (2, 5):
+        model = paella_tiny.tiny_v3()
+        with torch.no_grad():
+            reference = sampling_v3.sample_v3(model, cond, uncond, seed=1, shape=(batch, 8, 8), steps=steps, mode=mode)
+            with StandInDevice() as dev:
+                model.to(STANDIN)
+                dev.reset()
+                tokens = sampling_v3.sample_v3(model, cond, uncond, seed=1, shape=(batch, 8, 8), steps=steps,
+                                               mode=mode)
+                assert tokens.device == STANDIN
+                tokens = tokens.cpu()
+        assert dev.syncs == 1, dev.report()                       # the .cpu() above
+        assert torch.equal(tokens, reference)
+
+
+def test_paella_v1_and_prior_never_wait_per_step():
+    clip = torch.randn(1, paella_tiny.CLIP_WIDTH, generator=torch.Generator().manual_seed(2))
+    for steps in (2, 5):
+        v1, prior = paella_tiny.tiny_v1(), paella_tiny.tiny_prior()
+        with torch.no_grad():
+            reference = sampling_v1.sample_v1(v1, clip, seed=1, size=(8, 8), T=steps, renoise_steps=steps - 1)
+            prior_reference = prior_mod.sample_prior(prior, torch.randn(1, prior.config.clip_width,
+                                                                        generator=torch.Generator().manual_seed(3)),
+                                                     1, steps=steps)
+            with StandInDevice() as dev:
+                v1.to(STANDIN), prior.to(STANDIN)
+                dev.reset()
+                tokens = sampling_v1.sample_v1(v1, clip, seed=1, size=(8, 8), T=steps, renoise_steps=steps - 1)
+                text = torch.randn(1, prior.config.clip_width, generator=torch.Generator().manual_seed(3))
+                vector = prior_mod.sample_prior(prior, text.to(STANDIN), 1, steps=steps)
+                assert dev.syncs == 0, dev.report()
+                tokens, vector = tokens.cpu(), vector.cpu()
+        assert torch.equal(tokens, reference)
+        torch.testing.assert_close(vector, prior_reference)
+
+
+# --------------------------------------------------------------------------- StoryDiffusion CSA
+HEADS, DIM = 2, 8
+LATENT = (8, 8)
+LAYERS = [layers_mod.LayerSpec("output", 0, 0, 2, HEADS, DIM), layers_mod.LayerSpec("output", 1, 0, 2, HEADS, DIM),
+          layers_mod.LayerSpec("output", 2, 0, 1, HEADS, DIM)]
+
+
+def _sample_with_csa(attention, images: int, steps: int, device) -> list[torch.Tensor]:
+    """What a ComfyUI sampler does to the patch: per step one model call (cond and uncond batched),
+    one ``sigmas`` tensor shared by every layer of that call, one ``sample_sigmas`` per run."""
+    schedule = torch.linspace(14.6, 0.0, steps + 1, device=device)
+    kinds = [1, 0]
+    g = torch.Generator().manual_seed(0)
+    outs = []
+    for step in range(steps):
+        sigmas = schedule[step].repeat(images)
+        for spec in LAYERS:
+            tokens = layers_mod.level_tokens(*LATENT, spec.factor)
+            q, k, v = (torch.randn(2 * images, tokens, HEADS * DIM, generator=g).to(device) for _ in range(3))
+            options = {"n_heads": HEADS, "dim_head": DIM, "cond_or_uncond": kinds, "block": (spec.block, spec.number),
+                       "block_index": spec.block_index, "original_shape": [images, 4, *LATENT],
+                       "sigmas": sigmas, "sample_sigmas": schedule}
+            outs.append(attention(q, k, v, options))
+    return outs
+
+
+def _story(device, steps):
+    settings = patch_mod.CSASettings(seed=3, gating=csa.Gating(start_step=0, skip_prob_early=0.2,
+                                                               skip_prob_late=0.2))
+    bank = bank_mod.CharacterBank("cpu")
+    write = patch_mod.StoryAttention(LAYERS, settings, bank, "write", [("A",), ("A",), ("B",)])
+    identity = _sample_with_csa(write, 3, steps, device)
+    read = patch_mod.StoryAttention(LAYERS, settings, bank, "read", [("A",), ("B",), ("A", "B"), ()])
+    panels = _sample_with_csa(read, 4, steps, device)
+    return identity + panels, bank
+
+
+def test_csa_waits_at_most_once_per_model_call_and_keeps_the_bank_off_the_device():
+    steps = 4
+    reference, _ = _story("cpu", steps)
+    with torch.no_grad(), StandInDevice() as dev:
+        outs, bank = _story(STANDIN, steps)
+        outs = [o.cpu() for o in outs]
+    calls = 2 * steps                                              # identity pass + panel pass
+    sigma_reads = sum(n for where, n in dev.where.items() if "_local_scalar_dense" in where)
+    assert sigma_reads <= calls, dev.report()
+    assert dev.syncs - len(outs) <= calls + 2, dev.report()        # + one schedule read per run
+    assert bank.entries and all(k.device.type == "cpu" and v.device.type == "cpu" for k, v in bank.entries.values())
+    for ours, theirs in zip(outs, reference):
+        torch.testing.assert_close(ours, theirs)
