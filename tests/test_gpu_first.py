@@ -7,14 +7,19 @@ VAR and Paella never per scale or step, CSA at most once per model call (one sig
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 import paella_tiny
 from infinity_tiny import one_thread, tiny_model  # noqa: F401  (one_thread: autouse fixture)
-from packpath import pack_module
+from packpath import ROOT, pack_module
 from standin_device import STANDIN, StandInDevice
 from var_tiny import random_transformer, random_vqvae, tiny_transformer_config
+
+sys.path.insert(0, str(ROOT / "bench"))
+import host_syncs  # noqa: E402  (bench/: the CSA scenario the benchmark counts too)
 
 draws_mod = pack_module("nodes.common.draws")
 infinity_sampler = pack_module("nodes.infinity.sampler")
@@ -22,10 +27,6 @@ var_sampling = pack_module("nodes.var.sampling")
 sampling_v3 = pack_module("nodes.paella.sampling_v3")
 sampling_v1 = pack_module("nodes.paella.sampling_v1")
 prior_mod = pack_module("nodes.paella.prior")
-csa = pack_module("nodes.story.csa")
-patch_mod = pack_module("nodes.story.patch")
-bank_mod = pack_module("nodes.story.bank")
-layers_mod = pack_module("nodes.story.layers")
 Draws = draws_mod.Draws
 
 
@@ -166,52 +167,15 @@ def test_paella_v1_and_prior_never_wait_per_step():
 
 
 # --------------------------------------------------------------------------- StoryDiffusion CSA
-HEADS, DIM = 2, 8
-LATENT = (8, 8)
-LAYERS = [layers_mod.LayerSpec("output", 0, 0, 2, HEADS, DIM), layers_mod.LayerSpec("output", 1, 0, 2, HEADS, DIM),
-          layers_mod.LayerSpec("output", 2, 0, 1, HEADS, DIM)]
-
-
-def _sample_with_csa(attention, images: int, steps: int, device) -> list[torch.Tensor]:
-    """What a ComfyUI sampler does to the patch: per step one model call (cond and uncond batched),
-    one ``sigmas`` tensor shared by every layer of that call, one ``sample_sigmas`` per run."""
-    schedule = torch.linspace(14.6, 0.0, steps + 1, device=device)
-    kinds = [1, 0]
-    g = torch.Generator().manual_seed(0)
-    outs = []
-    for step in range(steps):
-        sigmas = schedule[step].repeat(images)
-        for spec in LAYERS:
-            tokens = layers_mod.level_tokens(*LATENT, spec.factor)
-            q, k, v = (torch.randn(2 * images, tokens, HEADS * DIM, generator=g).to(device) for _ in range(3))
-            options = {"n_heads": HEADS, "dim_head": DIM, "cond_or_uncond": kinds, "block": (spec.block, spec.number),
-                       "block_index": spec.block_index, "original_shape": [images, 4, *LATENT],
-                       "sigmas": sigmas, "sample_sigmas": schedule}
-            outs.append(attention(q, k, v, options))
-    return outs
-
-
-def _story(device, steps):
-    settings = patch_mod.CSASettings(seed=3, gating=csa.Gating(start_step=0, skip_prob_early=0.2,
-                                                               skip_prob_late=0.2))
-    bank = bank_mod.CharacterBank("cpu")
-    write = patch_mod.StoryAttention(LAYERS, settings, bank, "write", [("A",), ("A",), ("B",)])
-    identity = _sample_with_csa(write, 3, steps, device)
-    read = patch_mod.StoryAttention(LAYERS, settings, bank, "read", [("A",), ("B",), ("A", "B"), ()])
-    panels = _sample_with_csa(read, 4, steps, device)
-    return identity + panels, bank
-
-
 def test_csa_waits_at_most_once_per_model_call_and_keeps_the_bank_off_the_device():
     steps = 4
-    reference, _ = _story("cpu", steps)
+    reference, _ = host_syncs.csa_story(pack_module, "cpu", steps)
     with torch.no_grad(), StandInDevice() as dev:
-        outs, bank = _story(STANDIN, steps)
+        outs, bank = host_syncs.csa_story(pack_module, STANDIN, steps)
+        reads = dev.syncs
         outs = [o.cpu() for o in outs]
     calls = 2 * steps                                              # identity pass + panel pass
-    sigma_reads = sum(n for where, n in dev.where.items() if "_local_scalar_dense" in where)
-    assert sigma_reads <= calls, dev.report()
-    assert dev.syncs - len(outs) <= calls + 2, dev.report()        # + one schedule read per run
+    assert reads <= calls + 2, dev.report()                        # one sigma per call + one schedule per run
     assert bank.entries and all(k.device.type == "cpu" and v.device.type == "cpu" for k, v in bank.entries.values())
     for ours, theirs in zip(outs, reference):
         torch.testing.assert_close(ours, theirs)

@@ -33,6 +33,12 @@ def generate(cols, rows, seed=1, order="down", wrap=False, e_w=1, preview=True):
     return {"class_type": "BoundlessInfinityGenerateCanvas", "inputs": inputs}
 
 
+def blank(cols, rows, batch=1):
+    return {"class_type": "BoundlessNCPStateEmpty", "inputs": {"model": ["m", 0], "cols": cols, "rows": rows,
+                                                               "frames": 1, "batch": batch, "e_w": 1, "e_h": 1,
+                                                               "e_f": 0, "wrap": False}}
+
+
 def to_image(state_ref):
     return {"class_type": "BoundlessNCPStateToImage",
             "inputs": {"state": state_ref, "vqgan": ["v", 0], "frame": 0, "tile_size": 0, "tile_margin": 64}}
@@ -101,9 +107,34 @@ def test_bad_input_errors(comfy):
                                                                          **sampling(1)}},
           "d": to_image(["o", 0]), "p": preview(["d", 0])},
          "another NUWA-Infinity model"),
+        ({**loaders(), "s": blank(2048, 64, batch=64), "t": {"class_type": "BoundlessNCPStateToTokens",
+                                                               "inputs": {"state": ["s", 0], "frame": 0}},
+          "d": {"class_type": "BoundlessVQGANDecode", "inputs": {"vqgan": ["v", 0], "tokens": ["t", 0],
+                                                                 "tile_size": 0, "tile_margin": 0}},
+          "p": preview(["d", 0])},
+         r"× batch 64 holds .* over the .*-token bound"),          # the bound counts the whole batch
+        ({**loaders(), "s": blank(2, 1), "r": {"class_type": "BoundlessInfinityResume",
+                                               "inputs": {"model": ["m", 0], "state": ["s", 0], **sampling(1)}},
+          "d": to_image(["r", 0]), "p": preview(["d", 0])},
+         "nothing left to generate"),                              # once a silent grey image
     ]
     for graph, message in cases:
         with pytest.raises(PromptError, match=message):
+            comfy.run(graph)
+
+
+@pytest.mark.parametrize("prefix,message", [("../evil", "climbs out of the output folder"), ("", "is empty"),
+                                            ("/tmp/abs", "is an absolute path"), ("x/", "ends with a folder"),
+                                            ("a" * 300, "is too long")])
+def test_file_names_are_checked_before_anything_is_written(comfy, prefix, message):
+    video = {"e": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 2, "color": 0}},
+             "sv": {"class_type": "BoundlessSaveVideo",
+                    "inputs": {"images": ["e", 0], "filename_prefix": prefix, "format": "gif", "fps": 8.0,
+                               "loop_count": 0, "pingpong": False, "quality": 90}}}
+    state = {**loaders(), "s": blank(1, 1), "ss": {"class_type": "BoundlessSaveNCPState",
+                                                    "inputs": {"state": ["s", 0], "filename_prefix": prefix}}}
+    for graph, node in ((video, "Save Video"), (state, "Save NCP State")):
+        with pytest.raises(PromptError, match=f"{node}.*filename_prefix .*{message}"):
             comfy.run(graph)
 
 

@@ -99,6 +99,9 @@ def test_bad_input_gives_clear_errors_and_the_server_keeps_serving(comfy):
         ({**sample_graph(), "1": loader(transformer=VAE_FILE)}, "is the VAR VQVAE .*not a transformer"),
         (sample_graph(classes="5, 1000"), "class id 1000 is out of range"),
         (sample_graph(classes="random, 5"), "cannot be mixed"),
+        (sample_graph(classes="--5"), "unknown ImageNet class '--5'"),
+        (sample_graph(classes="0, 1, 2, 3, 4, 5, 6, 7", batch_size=64),      # once killed the server (OOM)
+         r"8 classes x batch_size 64 = 512 images, over the 64"),
         (edit_graph(mask_side=128), "edit mask is 128x128 but the image is 256x256"),
         (edit_graph(transformer=TRANSFORMER_512_FILE), "edits 512x512 images, got 256x256"),
     ]

@@ -131,6 +131,18 @@ def free_output_memory() -> int:
     return int(mm.get_free_memory(mm.intermediate_device()))
 
 
+def save_location(node: str, filename_prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
+    """ComfyUI's (folder, name, next counter, subfolder) for a prefix under output/, in our words on
+    failure (a folder in the prefix that is a file, a name the file system refuses, ...)."""
+    try:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height)
+    except Exception as exc:          # ComfyUI raises a bare Exception for paths outside output/
+        raise BoundlessError(f"{node}: cannot save under filename_prefix {filename_prefix[:80]!r} ({exc}); give a "
+                             "name inside ComfyUI's output folder, such as 'Boundless/my_canvas'") from exc
+    return folder, name, counter, subfolder
+
+
 def output_device() -> torch.device:
     return mm.intermediate_device()
 

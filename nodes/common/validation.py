@@ -6,19 +6,24 @@ string "COMBO", which its validator does not compare against the options), and i
 floats for NaN or infinity. A value outside a list would otherwise surface deep inside a node as
 ``KeyError: 'RIGHT'``, and a NaN temperature as torch's "probability tensor contains inf, nan".
 ``guard`` wraps a node class's ``execute`` so such a prompt fails at once with one message that
-names the node, the input and the valid values. Glue: imports ComfyUI's API.
+names the node, the input and the valid values. Every ``filename_prefix`` must name a file inside
+ComfyUI's output folder. Glue: imports ComfyUI's API.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import math
+import os
+import re
 
 from comfy_api.latest import io
 
 from .errors import BoundlessError
 
 SHOWN_CHOICES = 20   # a model folder can list hundreds of files; name the first few
+MAX_NAME_BYTES = 200     # per file or folder name; the counter and extension need the rest of 255
+MAX_PREFIX_BYTES = 400
 
 
 def check_inputs(schema: io.Schema, values: dict) -> None:
@@ -46,6 +51,30 @@ def check_inputs(schema: io.Schema, values: dict) -> None:
                 raise BoundlessError(f"{schema.display_name}: {item.id} holds a character that is not valid text "
                                      f"(at position {exc.start}, e.g. half of an emoji pair); retype or paste it "
                                      "again") from None
+            if item.id == "filename_prefix":
+                check_filename_prefix(schema.display_name, value)
+
+
+def check_filename_prefix(node: str, prefix: str) -> None:
+    """A prefix must name a file inside ComfyUI's output folder: relative, no '..', a real file name,
+    short enough for the file system (255 bytes per name, with room for the counter and extension)."""
+    parts = re.split(r"[\\/]", prefix.strip())
+    problem = None
+    if not prefix.strip():
+        problem = "is empty"
+    elif "\x00" in prefix:
+        problem = "holds a NUL character"
+    elif os.path.isabs(prefix) or re.match(r"^[a-zA-Z]:", prefix) or prefix.startswith(("/", "\\")):
+        problem = "is an absolute path"
+    elif ".." in parts:
+        problem = "climbs out of the output folder with '..'"
+    elif parts[-1] in ("", "."):
+        problem = "ends with a folder, not a file name"
+    elif len(prefix.encode("utf-8")) > MAX_PREFIX_BYTES or any(len(p.encode("utf-8")) > MAX_NAME_BYTES for p in parts):
+        problem = f"is too long (at most {MAX_NAME_BYTES} bytes per name, {MAX_PREFIX_BYTES} in all)"
+    if problem:
+        raise BoundlessError(f"{node}: filename_prefix {prefix[:80]!r} {problem}; give a name inside ComfyUI's "
+                             "output folder, such as 'Boundless/my_canvas'")
 
 
 def guard(node_cls: type[io.ComfyNode]) -> type[io.ComfyNode]:

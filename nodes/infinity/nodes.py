@@ -293,6 +293,10 @@ class InfinityResume(io.ComfyNode):
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
                 text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
         state.require_model(model.model)
+        if state.step >= len(state.plan.flat):
+            raise BoundlessError("Infinity Resume: this state has nothing left to generate (its plan is finished, or "
+                                 "it never had one, like a blank NCP State). Use Infinity Outpaint Step ('fill' "
+                                 "generates a state's unknown patches) or Generate Canvas instead")
         return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text,
                                           draws))
 
@@ -495,8 +499,7 @@ class InfinityStreamCanvas(io.ComfyNode):
         condition = text_condition(net, text)
         if net.tokenizer and net.tokenizer != fingerprint(VQGAN_KIND, tokenizer.quantize.embedding.weight):
             raise BoundlessError("this VQGAN is not the one the Infinity model was trained with; connect that one")
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory())
+        folder, name, counter, subfolder = comfy_glue.save_location("Infinity Stream Canvas", filename_prefix)
         # ComfyUI's counter only recognises "name_00001_.ext", so that is the pattern to use.
         path = os.path.join(folder, f"{name}_{counter:05}_.tif")
         result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,

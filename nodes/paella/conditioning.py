@@ -93,19 +93,34 @@ def from_sources(file_tensors: Optional[Mapping[str, torch.Tensor]] = None,
         images.append(_as_batch(image_embeds, 2, "image_embeds")[:, None])
     clip_image = None
     if images:
+        _check_image_widths(images)
         batch = max(t.shape[0] for t in images)
-        clip_image = torch.cat([t.expand(batch, -1, -1) if t.shape[0] == 1 else t for t in images], dim=1)
+        clip_image = torch.cat([expand_batch(t, batch, "clip_image") for t in images], dim=1)
     result = PaellaConditioning(byt5=byt5, clip_text=clip_text, clip_image=clip_image)
     if not result.tensors():
         raise BoundlessError("Paella Conditioning got no inputs: give a tensor file, a CONDITIONING or a "
                              "CLIP vision output")
+    for name, tensor in result.tensors().items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise BoundlessError(f"Paella Conditioning: '{name}' holds NaN or inf values (a float16 export of ByT5 "
+                                 "or CLIP states that overflowed?); recompute the embeddings in float32 or bfloat16")
     return result
+
+
+def _check_image_widths(images: list[torch.Tensor]) -> None:
+    """CLIP image vectors mixed into one conditioning must come from the same image encoder."""
+    widths = sorted({int(t.shape[-1]) for t in images})
+    if len(widths) > 1:
+        raise BoundlessError(f"CLIP image vectors of different widths {widths} cannot be mixed: they come from "
+                             "different image encoders. Give only vectors of the encoder your model was trained "
+                             "with (Paella v3: OpenCLIP ViT-H-14; v1: OpenCLIP ViT-g-14)")
 
 
 def add_images(cond: PaellaConditioning, images_bnc: torch.Tensor) -> PaellaConditioning:
     """Append CLIP image vectors ``[B, N, C]`` after the ones ``cond`` already has (image mixing)."""
     if cond.clip_image is None:
         return dataclasses.replace(cond, clip_image=images_bnc.float())
+    _check_image_widths([cond.clip_image, images_bnc])
     batch = max(cond.clip_image.shape[0], images_bnc.shape[0])
     merged = torch.cat([expand_batch(cond.clip_image, batch, "clip_image"),
                         expand_batch(images_bnc, batch, "image vectors").to(cond.clip_image)], dim=1)

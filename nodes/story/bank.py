@@ -12,6 +12,7 @@ panels that read it.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Optional, Sequence
 
@@ -20,6 +21,11 @@ import torch
 from ..common.errors import BoundlessError
 
 EntryKey = tuple[str, int, int, int]          # (character, step, layer, kind)
+
+
+def tensor_digest(x: torch.Tensor) -> str:
+    """A short hash of a tensor's values (which identity images a bank reader was given)."""
+    return hashlib.sha1(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def same_schedule(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -40,6 +46,8 @@ class CharacterBank:
         self.images: dict[str, int] = {}                        # character -> identity images
         self.schedules: dict[str, tuple[float, ...]] = {}       # character -> its identity pass's sigmas
         self._runs: dict[str, tuple] = {}
+        self.writes = 0                  # entries stored so far: tells a fresh identity pass from a cached bank
+        self.last_read: Optional[tuple[int, str]] = None   # (writes, identity latent digest) a reader last saw
 
     def __deepcopy__(self, memo):
         return self
@@ -59,6 +67,7 @@ class CharacterBank:
 
     def put(self, character: str, step: int, layer: int, kind: int, k_mc: torch.Tensor, v_mc: torch.Tensor) -> None:
         self.entries[(character, step, layer, kind)] = (self._offload(k_mc), self._offload(v_mc))
+        self.writes += 1
 
     def _offload(self, x: torch.Tensor) -> torch.Tensor:
         """A copy of ``x`` on the offload device, made without waiting (pinned memory from a GPU)."""
@@ -69,6 +78,19 @@ class CharacterBank:
         return kept.copy_(x, non_blocking=True)
 
     # ------------------------------------------------------------------ reading
+    def check_fresh(self, identity_digest: str) -> None:
+        """Refuse identity images that did not write this bank.
+
+        ComfyUI caches the Consistent Self-Attention node, so after the identity sampler is rewired
+        to another model its bank still holds the previous run. New identity images with no new bank
+        entries since the last read mean the sampler did not use the bank's model."""
+        if self.last_read is not None and self.last_read[1] != identity_digest and self.last_read[0] == self.writes:
+            raise BoundlessError(
+                "Read Character Bank: the identity images changed but the character bank did not: the identity "
+                "sampler no longer uses the identity_model of Consistent Self-Attention, so the panels would copy "
+                "the previous run's characters. Connect that model to the identity sampler.")
+        self.last_read = (self.writes, identity_digest)
+
     def check_readable(self, schedule: Sequence[float], characters: Sequence[str]) -> None:
         """Raise a clear error when panels cannot read this bank with this sampling schedule."""
         if not self.images:

@@ -15,6 +15,9 @@ import torch
 
 from ..common.errors import BoundlessError
 
+CHUNK = 77        # CLIP's tokens per chunk: ComfyUI encodes long prompts as several chunks
+MAX_REPEAT = 4    # ComfyUI's own bound when it batches conditionings of different lengths
+
 
 def stack_encodings(encodings: Sequence[dict]) -> list:
     """``[{"cond": [1,T,D], "pooled_output": [1,P] or None, ...}, ...]`` -> CONDITIONING ``[[cond [B,T',D], opts]]``.
@@ -27,7 +30,16 @@ def stack_encodings(encodings: Sequence[dict]) -> list:
     conds = [e["cond"] for e in encodings]
     if any(c.ndim != 3 or c.shape[0] != 1 for c in conds) or len({c.shape[2] for c in conds}) != 1:
         raise BoundlessError(f"text encodings of shapes {[tuple(c.shape) for c in conds]} cannot be batched")
-    length = math.lcm(*(c.shape[1] for c in conds))
+    lengths = [c.shape[1] for c in conds]
+    length = math.lcm(*lengths)
+    if length > MAX_REPEAT * max(lengths):
+        chunks = sorted({n // CHUNK if n % CHUNK == 0 else n for n in lengths})
+        unit = "chunks of 77 tokens" if all(n % CHUNK == 0 for n in lengths) else "tokens"
+        raise BoundlessError(
+            f"the prompts encode to {', '.join(map(str, chunks))} {unit}; batching them repeats every prompt to "
+            f"the least common multiple ({length} tokens, {length // max(lengths)}x the longest), which would take "
+            "far too much memory. Shorten or lengthen the long prompts so their lengths share a small multiple "
+            "(e.g. all within 75 words, or all 76-150)")
     cond = torch.cat([c.repeat(1, length // c.shape[1], 1) for c in conds])
     options = {}
     for key, value in encodings[0].items():

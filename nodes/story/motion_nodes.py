@@ -304,8 +304,7 @@ class SaveVideo(io.ComfyNode):
         if pingpong:
             frames = video.pingpong(frames)
         height, width = frames.shape[1:3]
-        out_dir = folder_paths.get_output_directory()
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir, width, height)
+        folder, name, counter, subfolder = comfy_glue.save_location("Save Video", filename_prefix, width, height)
         file = f"{name}_{counter:05}_.{format}"
         video.write_video(frames, os.path.join(folder, file), fps, loop_count, quality)
         components = Types.VideoComponents(images=torch.from_numpy(frames).float() / 255.0,

@@ -22,7 +22,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..common import comfy_glue
 from ..common.errors import BoundlessError
-from .bank import CharacterBank
+from .bank import CharacterBank, tensor_digest
 from .comic import comic_pages, in_reading_order
 from .conditioning import stack_encodings
 from .csa import Gating
@@ -220,6 +220,7 @@ class ReadCharacterBank(io.ComfyNode):
             raise BoundlessError("The character bank is empty: the identity sampler did not use the identity_model "
                                  "of Consistent Self-Attention (or it was interrupted). Sample the identity images "
                                  "with that model first.")
+        bank.bank.check_fresh(tensor_digest(identity_latent["samples"]))
         base = bank.model if model is None else model
         if model is not None:
             mine = {(layer.key, layer.heads, layer.dim_head) for layer in bank.layers}

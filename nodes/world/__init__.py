@@ -1,0 +1,1 @@
+"""The demo world: procedural landscapes with captions, as panoramas and panning videos (numpy)."""
