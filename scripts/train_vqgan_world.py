@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Train the demo world's tokenizer: ``.venv/bin/python scripts/train_vqgan_world.py [--minutes M]``.
+
+Data: ``--world`` panoramas of the demo world (``nodes/world``, seeds 0..N-1 at 2048x512; held-out
+sets use seeds from ``HELD_OUT_SEED`` on), the MIT-licensed ``ursina`` panoramas and coast, and the
+CC0 / public-domain scikit-image photos (astronaut, chelsea, coffee, rocket), so the tokenizer keeps
+the world's colours and still handles photographs. Taming layout (the loader, the nodes and the
+official checkpoints stay interchangeable); 256-px crops at batch 2 as for the first demo VQGAN.
+Extra arguments go to nodes/vq/train.py (e.g. ``--resume FILE --lr 3e-4``).
+"""
+import argparse
+import pathlib
+import sys
+import tempfile
+
+from PIL import Image
+
+from packpath import ROOT, pack_module
+from train_vqgan import package_dir
+
+HELD_OUT_SEED = 100_000          # world seeds from here on are never trained on
+OUT = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
+
+
+def world_images(folder: pathlib.Path, count: int, width: int = 2048, height: int = 512) -> list[pathlib.Path]:
+    scene_mod, render = pack_module("nodes.world.scene"), pack_module("nodes.world.render")
+    paths = []
+    for seed in range(count):
+        path = folder / f"world_{seed}.png"
+        Image.fromarray(render.panorama(scene_mod.sample_scene(seed), width, height)).save(path)
+        paths.append(path)
+    return paths
+
+
+def other_images(folder: pathlib.Path) -> list[pathlib.Path]:
+    ursina = package_dir("ursina") / "textures"
+    files = [ursina / "sky_default.jpg", ursina / "sky_sunset.jpg", ursina / "shore.jpg"]
+    from skimage import data
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        path = folder / f"{name}.png"
+        Image.fromarray(getattr(data, name)()).save(path)
+        files.append(path)
+    return files
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--world", type=int, default=160, help="world panoramas to train on")
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    args, rest = parser.parse_known_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = world_images(pathlib.Path(tmp), args.world) + other_images(pathlib.Path(tmp))
+        print(f"[world tokenizer] {len(files)} training pictures", flush=True)
+        pack_module("nodes.vq.train").main([*map(str, files), "--out", str(args.out), "--crop", "256", "--batch", "2",
+                                            "--n-embed", "1024", *rest])
