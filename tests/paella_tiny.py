@@ -112,6 +112,23 @@ def tiny_embeddings(seed: int = 5) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
+BYT5_TINY_NAME = "byt5_tiny.safetensors"
+
+
+def tiny_byt5(seed: int = 6):
+    """A ByT5-layout T5 (byte vocabulary of 384, gated GELU) whose states are BYT5_WIDTH wide, saved as
+    google/byt5-xl is released: a whole encoder-decoder model, of which the loader keeps the encoder."""
+    import transformers
+    config = transformers.T5Config(vocab_size=384, d_model=BYT5_WIDTH, d_kv=12, d_ff=32, num_layers=2,
+                                   num_decoder_layers=1, num_heads=2, feed_forward_proj="gated-gelu")
+    torch.manual_seed(seed)
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():     # T5 starts with tiny relative biases; make them matter
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in module.state_dict().items()}
 
@@ -124,6 +141,10 @@ def write_test_models(models_root: pathlib.Path) -> None:
     save_file(_state(tiny_prior()), str(models / "prior_tiny.safetensors"))
     save_file(_state(tiny_v1()), str(models / "paella_v1_tiny.safetensors"))
     save_file(_state(tiny_f8()), str(models / "vqgan_f8_tiny.safetensors"))
+    text_encoders = pathlib.Path(models_root) / "text_encoders"
+    text_encoders.mkdir(parents=True, exist_ok=True)
+    byt5 = {k: v for k, v in _state(tiny_byt5()).items() if k != "encoder.embed_tokens.weight"}   # tied to shared
+    save_file({k: v.clone() for k, v in byt5.items()}, str(text_encoders / BYT5_TINY_NAME))
     embeddings = pathlib.Path(models_root) / "paella_embeddings"
     embeddings.mkdir(parents=True, exist_ok=True)
     for name, tensors in tiny_embeddings().items():

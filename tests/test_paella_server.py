@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+import paella_tiny
 from comfy_server import PromptError
 from conftest import WORKFLOWS
 
@@ -75,6 +76,22 @@ def test_v3_text_to_image_with_prior_and_tokens_round_trip(comfy):
     assert [im.size for im in images] == [(64, 32), (64, 32)]
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(images, decoded))
     assert not np.array_equal(pixels(images[0]), pixels(images[1]))
+
+
+def test_v3_from_typed_prompts(comfy):
+    """ByT5 Loader + Paella v3 Text Encode: a typed prompt (and "" for the negative side) drives the
+    sampler; another prompt with the same seed gives another picture."""
+    def graph_for(prompt):
+        graph = text_to_image(V3_FILES, v3_sampler(attention_reweighting=False), batch=1)
+        graph["b"] = {"class_type": "BoundlessPaellaByT5Loader", "inputs": {"byt5_name": paella_tiny.BYT5_TINY_NAME}}
+        graph["p"] = {"class_type": "BoundlessPaellaTextEncode", "inputs": {"byt5": ["b", 0], "text": prompt}}
+        graph["n"] = {"class_type": "BoundlessPaellaTextEncode", "inputs": {"byt5": ["b", 0], "text": ""}}
+        return graph
+    first = pixels(comfy.images(comfy.run(graph_for("a red barn in the snow")), "o")[0])
+    again = pixels(comfy.images(comfy.run(graph_for("a red barn in the snow")), "o")[0])
+    other = pixels(comfy.images(comfy.run(graph_for("blue waves at night")), "o")[0])
+    assert first.shape == (32, 64, 3) and first.std() > 2
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
 
 
 def test_v1_inpaint_any_size_keeps_the_unmasked_half(comfy):

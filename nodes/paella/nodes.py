@@ -18,6 +18,7 @@ from ..common import comfy_glue, sockets
 from ..common.draws import MODE_TOOLTIP as DRAWS_TOOLTIP, MODEL_DEVICE, MODES as DRAW_MODES
 from ..common.errors import BoundlessError
 from ..common.images import normalize_mask
+from . import byt5 as byt5_mod
 from . import conditioning as paella_conditioning
 from . import loader, pipeline
 from .prior import sample_prior
@@ -27,6 +28,8 @@ PaellaVQGAN = io.Custom("BOUNDLESS_PAELLA_VQGAN")            # ModelPatcher arou
 PaellaPrior = io.Custom("BOUNDLESS_PAELLA_PRIOR")            # ModelPatcher around PriorModel
 PaellaConditioning = io.Custom("BOUNDLESS_PAELLA_CONDITIONING")  # conditioning.PaellaConditioning
 PaellaSampler = io.Custom("BOUNDLESS_PAELLA_SAMPLER")        # pipeline.V3Sampler / V1Sampler
+ByT5Model = io.Custom("BOUNDLESS_BYT5")                       # ModelPatcher around transformers.T5EncoderModel
+TEXT_ENCODERS_FOLDER = "text_encoders"
 
 CATEGORY = "Boundless/paella"
 EMBEDDINGS_FOLDER = "paella_embeddings"
@@ -165,6 +168,56 @@ class PaellaPriorLoader(io.ComfyNode):
     def execute(cls, prior_name) -> io.NodeOutput:
         prior = loader.load_model(comfy_glue.model_path("paella", prior_name), loader.V3_PRIOR)
         return io.NodeOutput(comfy_glue.managed(prior))
+
+
+class PaellaByT5Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessPaellaByT5Loader", display_name="ByT5 Loader (Paella v3)", category=CATEGORY,
+            description="Load the ByT5-XL text encoder that Paella v3 is conditioned on (google/byt5-xl; only the "
+                        "encoder is kept). Runs on transformers, offline.",
+            inputs=[io.Combo.Input("byt5_name", options=folder_paths.get_filename_list(TEXT_ENCODERS_FOLDER),
+                                   tooltip="The ByT5-XL weights in models/text_encoders (google/byt5-xl's "
+                                           "pytorch_model.bin or a .safetensors conversion, ~4.7 GB in fp16).")],
+            outputs=[ByT5Model.Output(
+                display_name="byt5",
+                tooltip="The ByT5 encoder: connect it to Paella v3 Text Encode.")])
+
+    @classmethod
+    def execute(cls, byt5_name) -> io.NodeOutput:
+        model = byt5_mod.load_byt5(comfy_glue.model_path(TEXT_ENCODERS_FOLDER, byt5_name))
+        # T5 overflows in fp16; ComfyUI's text-encoder choice is kept unless it is fp16
+        return io.NodeOutput(comfy_glue.managed(model, comfy_glue.TEXT_ENCODER,
+                                                supported=(torch.bfloat16, torch.float32)))
+
+
+class PaellaTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessPaellaTextEncode", display_name="Paella v3 Text Encode", category=CATEGORY,
+            description="A typed prompt as Paella v3 conditioning: ByT5-XL states of the text (tokenized, padded and "
+                        "unmasked as in the authors' code), plus the CLIP ViT-H-14 text vector from a CONDITIONING "
+                        "(CLIP Text Encode with the SD 2.x text encoder gives exactly that vector).",
+            inputs=[ByT5Model.Input("byt5", tooltip="ByT5-XL from ByT5 Loader (Paella v3)."),
+                    io.String.Input("text", multiline=True, default="",
+                                    tooltip="The prompt. An empty text is the unconditional side of guidance, as "
+                                            "the authors train it: encode \"\" for the negative input."),
+                    io.Conditioning.Input("clip_text", optional=True,
+                                          tooltip="Optional: CLIP Text Encode of the same text with the OpenCLIP "
+                                                  "ViT-H-14 text encoder (SD 2.x's, via Load CLIP); its pooled "
+                                                  "vector is Paella v3's CLIP text input and the prior's input.")],
+            outputs=[PaellaConditioning.Output(
+                display_name="conditioning",
+                tooltip="Paella v3 conditioning (ByT5 states, and the CLIP text vector when given): connect it to "
+                        "positive or negative of a Paella generator node, or to Paella Prior.")])
+
+    @classmethod
+    def execute(cls, byt5, text, clip_text=None) -> io.NodeOutput:
+        model = comfy_glue.load_for_use(byt5)
+        states = byt5_mod.encode(model, [text]).cpu()
+        return io.NodeOutput(paella_conditioning.from_sources({"byt5": states}, clip_text))
 
 
 class PaellaConditioningNode(io.ComfyNode):
@@ -619,6 +672,7 @@ class PaellaDecode(io.ComfyNode):
         return io.NodeOutput(_image_out(_decode(tok, indices)))
 
 
-NODES = [PaellaLoader, PaellaVQGANLoader, PaellaPriorLoader, PaellaConditioningNode, PaellaPriorNode,
+NODES = [PaellaLoader, PaellaVQGANLoader, PaellaPriorLoader, PaellaByT5Loader, PaellaTextEncode,
+         PaellaConditioningNode, PaellaPriorNode,
          PaellaV3SamplerNode, PaellaV1SamplerNode, PaellaTextToImage, PaellaInpaint, PaellaVariations,
          PaellaInterpolate, PaellaStructuralEdit, PaellaRegionalConditioning, PaellaEncode, PaellaDecode]

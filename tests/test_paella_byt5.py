@@ -1,0 +1,59 @@
+"""Paella v3's ByT5 states from a typed prompt, against transformers' own tokenizer and forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import paella_tiny
+from packpath import pack_module
+
+byt5 = pack_module("nodes.paella.byt5")
+BoundlessError = pack_module("nodes.common.errors").BoundlessError
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """A tiny ByT5 saved like google/byt5-xl (encoder + decoder + LM head, embed_tokens tied)."""
+    model = paella_tiny.tiny_byt5()
+    path = tmp_path_factory.mktemp("byt5") / "byt5_tiny.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()
+               if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight")},
+              str(path))
+    return model, str(path)
+
+
+def test_the_config_is_read_from_the_file_and_only_the_encoder_is_kept(released):
+    model, path = released
+    encoder = byt5.load_byt5(path)
+    cfg = encoder.config
+    assert (cfg.vocab_size, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_kv, cfg.d_ff) == (
+        384, paella_tiny.BYT5_WIDTH, 2, 2, 12, 32)
+    assert cfg.feed_forward_proj == "gated-gelu" and not hasattr(encoder, "decoder")
+
+
+def test_tokens_are_the_authors_bytes_padded_to_the_longest_prompt():
+    ids = byt5.tokenize(["", "ab", "é"])
+    assert ids.tolist() == [[1, 0, 0], [100, 101, 1], [198, 172, 1]]       # bytes + 3, EOS 1, pad 0
+    assert byt5.tokenize(["x" * 2000]).shape == (1, byt5.MAX_LENGTH)
+
+
+def test_states_equal_transformers_forward_without_a_mask(released):
+    import transformers
+    model, path = released
+    prompts = ["a misty mountain lake", "red", ""]
+    states = byt5.encode(byt5.load_byt5(path), prompts)
+    batch = transformers.ByT5Tokenizer()(prompts, padding="longest", max_length=768, truncation=True,
+                                          return_tensors="pt")
+    with torch.no_grad():
+        expected = model.get_encoder()(input_ids=batch["input_ids"]).last_hidden_state   # no attention_mask
+        masked = model.get_encoder()(**batch).last_hidden_state
+    torch.testing.assert_close(states, expected, atol=1e-6, rtol=1e-6)
+    assert states.shape == (3, len("a misty mountain lake") + 1, paella_tiny.BYT5_WIDTH)
+    assert not torch.allclose(states[1], masked[1], atol=1e-3)           # the padding is attended, as trained
+
+
+def test_a_file_that_is_not_t5_is_refused(tmp_path):
+    save_file({"embeddings.word_embeddings.weight": torch.zeros(4, 4)}, str(tmp_path / "bert.safetensors"))
+    with pytest.raises(BoundlessError, match="not a T5/ByT5 encoder"):
+        byt5.load_byt5(str(tmp_path / "bert.safetensors"))
