@@ -25,7 +25,7 @@ def released(tmp_path_factory):
 
 def test_the_config_is_read_from_the_file_and_only_the_encoder_is_kept(released):
     model, path = released
-    encoder = byt5.load_byt5(path)
+    encoder = byt5.load_byt5(path).t5
     cfg = encoder.config
     assert (cfg.vocab_size, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_kv, cfg.d_ff) == (
         384, paella_tiny.BYT5_WIDTH, 2, 2, 12, 32)
@@ -42,7 +42,7 @@ def test_states_equal_transformers_forward_without_a_mask(released):
     import transformers
     model, path = released
     prompts = ["a misty mountain lake", "red", ""]
-    states = byt5.encode(byt5.load_byt5(path), prompts)
+    states = byt5.load_byt5(path).encode(prompts)
     batch = transformers.ByT5Tokenizer()(prompts, padding="longest", max_length=768, truncation=True,
                                           return_tensors="pt")
     with torch.no_grad():
@@ -53,7 +53,20 @@ def test_states_equal_transformers_forward_without_a_mask(released):
     assert not torch.allclose(states[1], masked[1], atol=1e-3)           # the padding is attended, as trained
 
 
-def test_a_file_that_is_not_t5_is_refused(tmp_path):
+def test_files_that_are_not_a_whole_byt5_encoder_are_refused(tmp_path, released):
     save_file({"embeddings.word_embeddings.weight": torch.zeros(4, 4)}, str(tmp_path / "bert.safetensors"))
-    with pytest.raises(BoundlessError, match="not a T5/ByT5 encoder"):
+    with pytest.raises(BoundlessError, match="not a .*T5/ByT5 encoder: missing shared.weight"):
         byt5.load_byt5(str(tmp_path / "bert.safetensors"))
+    model, _ = released
+    sd = {k: v.contiguous().clone() for k, v in model.state_dict().items() if k.startswith(("shared.", "encoder."))}
+    partial = {k: v for k, v in sd.items() if k != "encoder.block.0.layer.0.SelfAttention.q.weight"}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(BoundlessError, match="missing encoder.block.0.layer.0.SelfAttention.q.weight"):
+        byt5.load_byt5(str(tmp_path / "partial.safetensors"))
+    save_file({**sd, "encoder.block.x.foo": torch.zeros(1)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(BoundlessError, match="unexpected encoder.block.x.foo"):
+        byt5.load_byt5(str(tmp_path / "odd.safetensors"))
+    small = {**sd, "shared.weight": sd["shared.weight"][:100].clone()}
+    save_file(small, str(tmp_path / "small.safetensors"))
+    with pytest.raises(BoundlessError, match="vocabulary of 100, too small for ByT5"):
+        byt5.load_byt5(str(tmp_path / "small.safetensors"))

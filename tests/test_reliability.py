@@ -86,7 +86,8 @@ def validation():
 
 @pytest.mark.parametrize("prefix,problem", [
     ("../x", "climbs out"), ("a/../../b", "climbs out"), ("a\\..\\b", "climbs out"), ("/abs", "absolute"),
-    ("C:\\x", "absolute"), ("a\x00b", "NUL"), ("a" * 300 + "/x", "too long"), ("", "empty"), (".", "ends with a folder"),
+    ("C:\\x", "absolute"), ("a\x00b", "control character"), ("a\nb", "control character"),
+    ("a" * 300 + "/x", "too long"), ("", "empty"), (".", "ends with a folder"),
     ("x/", "ends with a folder")])
 def test_filename_prefixes_name_a_file_inside_the_output_folder(validation, prefix, problem):
     with pytest.raises(BoundlessError, match=f"Save Video: filename_prefix .* {problem}.*'Boundless/my_canvas'"):
@@ -111,6 +112,8 @@ def test_motion_files_that_hold_no_usable_embeddings_are_refused(tmp_path, monke
     folder = tmp_path / "motion_embeddings"
     folder.mkdir()
     save_file({"image_embeds": torch.tensor(1.0)}, str(folder / "scalar.safetensors"))
+    save_file({"image_embeds": torch.randn(2, 3, 8)}, str(folder / "states.safetensors"))   # once 6 silent keyframes
+    save_file({"image_embeds": torch.zeros(0, 8)}, str(folder / "empty.safetensors"))
     nan = torch.randn(2, 8)
     nan[1, 3] = float("nan")
     save_file({"image_embeds": nan}, str(folder / "nan.safetensors"))
@@ -118,5 +121,8 @@ def test_motion_files_that_hold_no_usable_embeddings_are_refused(tmp_path, monke
     with pytest.raises(BoundlessError, match=r"scalar.safetensors: the keyframe embeddings must be a float tensor "
                                              r"\[N, D\]"):
         nodes.embeddings_from_file("scalar.safetensors")
+    for name in ("states.safetensors", "empty.safetensors"):
+        with pytest.raises(BoundlessError, match=f"{name}: the keyframe embeddings must be a float tensor"):
+            nodes.embeddings_from_file(name)
     with pytest.raises(BoundlessError, match="nan.safetensors: the keyframe embeddings hold NaN"):
         nodes.embeddings_from_file("nan.safetensors")

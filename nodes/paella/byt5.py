@@ -11,44 +11,73 @@ and shapes (the released file is a whole ``T5ForConditionalGeneration``: only ``
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn as nn
 
 from ..common.errors import BoundlessError
 from ..common.weights import load_state_dict, strict_load
 
 MAX_LENGTH = 768
 KEEP = ("shared.", "encoder.")
+BYTE_VOCAB = 259             # 256 byte values + pad, EOS, UNK: the smallest vocabulary ByT5's tokens fit
+NEEDED = ("shared.weight", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+          "encoder.block.0.layer.0.SelfAttention.q.weight", "encoder.final_layer_norm.weight")
 
 
 def infer_config(sd: Mapping[str, torch.Tensor]):
     """A ``transformers.T5Config`` for the encoder in ``sd`` (sizes and heads from the shapes)."""
     import transformers
-    bias_key = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-    if "shared.weight" not in sd or bias_key not in sd:
-        raise BoundlessError("not a T5/ByT5 encoder: expected keys shared.weight and encoder.block.N.layer.*; pick "
-                             "google/byt5-xl's model file")
+    missing = [key for key in NEEDED if key not in sd]
+    if missing:
+        raise BoundlessError(f"not a (complete) T5/ByT5 encoder: missing {', '.join(missing)}; pick google/byt5-xl's "
+                             "model file")
+    bias_key = NEEDED[1]
     vocab, d_model = sd["shared.weight"].shape
+    if vocab < BYTE_VOCAB:
+        raise BoundlessError(f"this T5 has a vocabulary of {vocab}, too small for ByT5's byte tokens ({BYTE_VOCAB}); "
+                             "pick google/byt5-xl")
     buckets, heads = sd[bias_key].shape
     inner = sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in sd
-    d_ff = sd["encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"].shape[0]
-    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
+    ff_key = "encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"
+    if ff_key not in sd:
+        raise BoundlessError(f"not a (complete) T5/ByT5 encoder: missing {ff_key}; pick google/byt5-xl's model file")
+    d_ff = sd[ff_key].shape[0]
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k))}
+    layers = 1 + max(blocks)
     return transformers.T5Config(vocab_size=vocab, d_model=d_model, d_kv=inner // heads, d_ff=d_ff,
                                  num_layers=layers, num_heads=heads, relative_attention_num_buckets=buckets,
                                  feed_forward_proj="gated-gelu" if gated else "relu", is_encoder_decoder=False,
                                  use_cache=False, dropout_rate=0.0)
 
 
-def load_byt5(path: str):
-    """``transformers.T5EncoderModel`` from a ByT5 file (encoder only; decoder and LM head dropped)."""
+class ByT5Encoder(nn.Module):
+    """Holds the ``transformers`` encoder. ComfyUI's model manager sets ``.device`` on the modules it
+    loads, which a ``transformers`` model refuses (a read-only property); this plain module takes it."""
+
+    def __init__(self, t5):
+        super().__init__()
+        self.t5 = t5
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """ByT5 states ``[B, L, d_model]`` float32 of ``prompts``, without an attention mask (as trained)."""
+        ids_bl = tokenize(prompts).to(self.t5.shared.weight.device)
+        return self.t5(input_ids=ids_bl).last_hidden_state.float()
+
+
+def load_byt5(path: str) -> ByT5Encoder:
+    """The encoder of a ByT5 file (decoder and LM head dropped) on ``transformers.T5EncoderModel``."""
     import transformers
     sd = {k: v for k, v in load_state_dict(path).items() if k.startswith(KEEP)}
-    sd.setdefault("encoder.embed_tokens.weight", sd.get("shared.weight"))
-    model = transformers.T5EncoderModel(infer_config(sd)).eval()
+    config = infer_config(sd)
+    sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
+    model = transformers.T5EncoderModel(config).eval()
     strict_load(model, sd, f"ByT5 encoder {os.path.basename(path)}")
-    return model
+    return ByT5Encoder(model).eval()
 
 
 def tokenize(prompts: Sequence[str]) -> torch.Tensor:
@@ -58,10 +87,3 @@ def tokenize(prompts: Sequence[str]) -> torch.Tensor:
     return tokenizer(list(prompts), padding="longest", max_length=MAX_LENGTH, truncation=True,
                      return_tensors="pt")["input_ids"]
 
-
-@torch.no_grad()
-def encode(model, prompts: Sequence[str]) -> torch.Tensor:
-    """ByT5 states ``[B, L, d_model]`` float32 of ``prompts``, without an attention mask (as trained)."""
-    weight = model.shared.weight
-    ids_bl = tokenize(prompts).to(weight.device)
-    return model(input_ids=ids_bl).last_hidden_state.float()

@@ -48,8 +48,9 @@ def _load(patcher):
 
 
 def _setup(model_patcher, vqgan_patcher, sampler):
-    """Load the model pair and refuse mismatched versions / tokenizers before anything else."""
-    net, tok = _load(model_patcher), _load(vqgan_patcher)
+    """Load the model pair in one request (so loading one never evicts the other on a small GPU) and
+    refuse mismatched versions / tokenizers before anything else."""
+    net, tok = comfy_glue.load_together(model_patcher, vqgan_patcher)
     pipeline.check_sampler(net, sampler)
     pipeline.check_vqgan(net, tok)
     return net, tok
@@ -216,7 +217,7 @@ class PaellaTextEncode(io.ComfyNode):
     @classmethod
     def execute(cls, byt5, text, clip_text=None) -> io.NodeOutput:
         model = comfy_glue.load_for_use(byt5)
-        states = byt5_mod.encode(model, [text]).cpu()
+        states = model.encode([text]).cpu()
         return io.NodeOutput(paella_conditioning.from_sources({"byt5": states}, clip_text))
 
 

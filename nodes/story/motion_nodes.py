@@ -151,13 +151,14 @@ def embeddings_from_file(name: str) -> torch.Tensor:
             raise BoundlessError(f"{os.path.basename(path)} holds {len(tensors)} tensors; name the keyframe "
                                  "embeddings 'image_embeds' ([N, D])")
         embeds = next(iter(tensors.values()))
-    if embeds.ndim < 1 or embeds.shape[-1] == 0 or not embeds.is_floating_point():
-        raise BoundlessError(f"{os.path.basename(path)}: the keyframe embeddings must be a float tensor [N, D], got "
-                             f"{embeds.dtype} of shape {tuple(embeds.shape)}")
+    if embeds.ndim != 2 or embeds.shape[0] == 0 or embeds.shape[1] == 0 or not embeds.is_floating_point():
+        raise BoundlessError(f"{os.path.basename(path)}: the keyframe embeddings must be a float tensor [N, D] with "
+                             f"N >= 1 keyframes, got {embeds.dtype} of shape {tuple(embeds.shape)} (per-patch "
+                             "states or a batch of them are not keyframe embeddings)")
     if not bool(torch.isfinite(embeds).all()):
         raise BoundlessError(f"{os.path.basename(path)}: the keyframe embeddings hold NaN or inf values (a float16 "
                              "export that overflowed?); recompute them in float32")
-    return embeds.float().reshape(-1, embeds.shape[-1])
+    return embeds.float()
 
 
 class SemanticMotionPredict(io.ComfyNode):
