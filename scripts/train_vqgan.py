@@ -51,7 +51,8 @@ def sprite_sheets(folder: pathlib.Path) -> list[pathlib.Path]:
     return paths
 
 
-def training_images(folder: pathlib.Path) -> list[pathlib.Path]:
+def panoramas_and_photos(folder: pathlib.Path) -> list[pathlib.Path]:
+    """ursina's painted panoramas and coast, and four CC0 / public-domain scikit-image photos."""
     ursina = package_dir("ursina") / "textures"
     files = [ursina / "sky_default.jpg", ursina / "sky_sunset.jpg", ursina / "shore.jpg"]
     from skimage import data
@@ -59,7 +60,11 @@ def training_images(folder: pathlib.Path) -> list[pathlib.Path]:
         path = folder / f"{name}.png"
         Image.fromarray(getattr(data, name)()).save(path)
         files.append(path)
-    return files + sprite_sheets(folder)
+    return files
+
+
+def training_images(folder: pathlib.Path) -> list[pathlib.Path]:
+    return panoramas_and_photos(folder) + sprite_sheets(folder)
 
 
 if __name__ == "__main__":

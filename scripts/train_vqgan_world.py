@@ -16,7 +16,7 @@ import tempfile
 from PIL import Image
 
 from packpath import ROOT, pack_module
-from train_vqgan import package_dir
+from train_vqgan import panoramas_and_photos
 
 HELD_OUT_SEED = 100_000          # world seeds from here on are never trained on
 OUT = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
@@ -32,17 +32,6 @@ def world_images(folder: pathlib.Path, count: int, width: int = 2048, height: in
     return paths
 
 
-def other_images(folder: pathlib.Path) -> list[pathlib.Path]:
-    ursina = package_dir("ursina") / "textures"
-    files = [ursina / "sky_default.jpg", ursina / "sky_sunset.jpg", ursina / "shore.jpg"]
-    from skimage import data
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        path = folder / f"{name}.png"
-        Image.fromarray(getattr(data, name)()).save(path)
-        files.append(path)
-    return files
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--world", type=int, default=160, help="world panoramas to train on")
@@ -50,7 +39,7 @@ if __name__ == "__main__":
     args, rest = parser.parse_known_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        files = world_images(pathlib.Path(tmp), args.world) + other_images(pathlib.Path(tmp))
+        files = world_images(pathlib.Path(tmp), args.world) + panoramas_and_photos(pathlib.Path(tmp))
         print(f"[world tokenizer] {len(files)} training pictures", flush=True)
         pack_module("nodes.vq.train").main([*map(str, files), "--out", str(args.out), "--crop", "256", "--batch", "2",
                                             "--n-embed", "1024", *rest])

@@ -55,7 +55,7 @@ def test_states_equal_transformers_forward_without_a_mask(released):
 
 def test_files_that_are_not_a_whole_byt5_encoder_are_refused(tmp_path, released):
     save_file({"embeddings.word_embeddings.weight": torch.zeros(4, 4)}, str(tmp_path / "bert.safetensors"))
-    with pytest.raises(BoundlessError, match="not a .*T5/ByT5 encoder: missing shared.weight"):
+    with pytest.raises(BoundlessError, match="bert.safetensors is not a .*T5/ByT5 encoder: missing shared.weight"):
         byt5.load_byt5(str(tmp_path / "bert.safetensors"))
     model, _ = released
     sd = {k: v.contiguous().clone() for k, v in model.state_dict().items() if k.startswith(("shared.", "encoder."))}
@@ -68,5 +68,5 @@ def test_files_that_are_not_a_whole_byt5_encoder_are_refused(tmp_path, released)
         byt5.load_byt5(str(tmp_path / "odd.safetensors"))
     small = {**sd, "shared.weight": sd["shared.weight"][:100].clone()}
     save_file(small, str(tmp_path / "small.safetensors"))
-    with pytest.raises(BoundlessError, match="vocabulary of 100, too small for ByT5"):
+    with pytest.raises(BoundlessError, match="small.safetensors has a vocabulary of 100, too small for ByT5"):
         byt5.load_byt5(str(tmp_path / "small.safetensors"))

@@ -64,7 +64,7 @@ def check_filename_prefix(node: str, prefix: str) -> None:
         problem = "is empty"
     elif any(ord(ch) < 32 or ord(ch) == 127 for ch in prefix):
         problem = "holds a control character (a line break, tab or NUL)"
-    elif os.path.isabs(prefix) or re.match(r"^[a-zA-Z]:", prefix) or prefix.startswith(("/", "\\")):
+    elif os.path.isabs(prefix) or re.match(r"^[a-zA-Z]:([\\/]|$)", prefix) or prefix.startswith(("/", "\\")):
         problem = "is an absolute path"
     elif ".." in parts:
         problem = "climbs out of the output folder with '..'"

@@ -27,24 +27,25 @@ NEEDED = ("shared.weight", "encoder.block.0.layer.0.SelfAttention.relative_atten
           "encoder.block.0.layer.0.SelfAttention.q.weight", "encoder.final_layer_norm.weight")
 
 
-def infer_config(sd: Mapping[str, torch.Tensor]):
+def infer_config(sd: Mapping[str, torch.Tensor], name: str = "this file"):
     """A ``transformers.T5Config`` for the encoder in ``sd`` (sizes and heads from the shapes)."""
     import transformers
     missing = [key for key in NEEDED if key not in sd]
     if missing:
-        raise BoundlessError(f"not a (complete) T5/ByT5 encoder: missing {', '.join(missing)}; pick google/byt5-xl's "
-                             "model file")
+        raise BoundlessError(f"{name} is not a (complete) T5/ByT5 encoder: missing {', '.join(missing)}; pick "
+                             "google/byt5-xl's model file")
     bias_key = NEEDED[1]
     vocab, d_model = sd["shared.weight"].shape
     if vocab < BYTE_VOCAB:
-        raise BoundlessError(f"this T5 has a vocabulary of {vocab}, too small for ByT5's byte tokens ({BYTE_VOCAB}); "
+        raise BoundlessError(f"{name} has a vocabulary of {vocab}, too small for ByT5's byte tokens ({BYTE_VOCAB}); "
                              "pick google/byt5-xl")
     buckets, heads = sd[bias_key].shape
     inner = sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in sd
     ff_key = "encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"
     if ff_key not in sd:
-        raise BoundlessError(f"not a (complete) T5/ByT5 encoder: missing {ff_key}; pick google/byt5-xl's model file")
+        raise BoundlessError(f"{name} is not a (complete) T5/ByT5 encoder: missing {ff_key}; pick google/byt5-xl's "
+                             "model file")
     d_ff = sd[ff_key].shape[0]
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k))}
     layers = 1 + max(blocks)
@@ -73,7 +74,7 @@ def load_byt5(path: str) -> ByT5Encoder:
     """The encoder of a ByT5 file (decoder and LM head dropped) on ``transformers.T5EncoderModel``."""
     import transformers
     sd = {k: v for k, v in load_state_dict(path).items() if k.startswith(KEEP)}
-    config = infer_config(sd)
+    config = infer_config(sd, os.path.basename(path))
     sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
     model = transformers.T5EncoderModel(config).eval()
     strict_load(model, sd, f"ByT5 encoder {os.path.basename(path)}")
