@@ -159,8 +159,34 @@ FAST = {"BoundlessPaellaV3Sampler": {"steps": 2, "cfg_steps": -1}, "BoundlessPae
         "BoundlessPaellaVariations": {"width": 64, "height": 32, "batch_size": 2}}
 
 
+# Shipped workflows name the released files; the test server has tiny stand-ins under other names.
+RELEASED_TO_TINY = {"paella_v3.pt": V3_FILES["model"], "vqgan_f4.pt": V3_FILES["vqgan"],
+                    "prior_v1.pt": "prior_tiny.safetensors", "byt5-xl.safetensors": paella_tiny.BYT5_TINY_NAME}
+LOADER_INPUTS = {"BoundlessPaellaLoader": "model_name", "BoundlessPaellaVQGANLoader": "vqgan_name",
+                 "BoundlessPaellaPriorLoader": "prior_name", "BoundlessPaellaByT5Loader": "byt5_name"}
+
+
 def fast_overrides(ui: dict) -> dict:
-    return {str(n["id"]): dict(FAST[n["type"]]) for n in ui["nodes"] if n["type"] in FAST}
+    overrides = {str(n["id"]): dict(FAST[n["type"]]) for n in ui["nodes"] if n["type"] in FAST}
+    for n in ui["nodes"]:
+        name = (n.get("widgets_values") or [None])[0]
+        if n["type"] in LOADER_INPUTS and name in RELEASED_TO_TINY:
+            overrides[str(n["id"])] = {LOADER_INPUTS[n["type"]]: RELEASED_TO_TINY[name]}
+    return overrides
+
+
+def run_shipped(comfy, ui: dict, overrides: dict | None = None) -> dict:
+    """A shipped workflow on the tiny models: released file names mapped to the stand-ins, ComfyUI's
+    Load CLIP replaced by a tiny CLIP as wide as the tiny Paella v3's CLIP input, fast settings."""
+    from workflow_convert import ui_to_api
+    api = ui_to_api(ui, comfy.object_info())
+    for node_id, values in {**fast_overrides(ui), **(overrides or {})}.items():
+        api[node_id]["inputs"].update(values)
+    for node in api.values():
+        if node["class_type"] == "CLIPLoader":
+            node["class_type"], node["inputs"] = "BoundlessTinyCLIPLoader", {"weights_seed": 0,
+                                                                             "width": paella_tiny.CLIP_WIDTH}
+    return comfy.run(api)
 
 
 def test_v3_variations_workflow_follows_the_image_embedding(comfy):
@@ -171,7 +197,7 @@ def test_v3_variations_workflow_follows_the_image_embedding(comfy):
     [save] = [str(n["id"]) for n in ui["nodes"] if n["type"] == "SaveImage"]
     runs = []
     for name in ("image_a_tiny.safetensors", "image_b_tiny.safetensors"):
-        outputs = comfy.run_workflow(ui, {**fast_overrides(ui), source: {"embeddings": name}})
+        outputs = run_shipped(comfy, ui, {source: {"embeddings": name}})
         runs.append([pixels(im) for im in comfy.images(outputs, save)])
     for images in runs:
         assert [im.shape for im in images] == [(32, 64, 3)] * 2
@@ -201,10 +227,26 @@ def test_v1_variations_from_an_embeddings_file_and_errors(comfy):
             comfy.run(broken)
 
 
+def test_v3_text_to_image_workflow_starts_from_a_typed_prompt(comfy):
+    """The shipped v3 workflow reads no embeddings file: ByT5 and CLIP-H encode the typed prompt."""
+    ui = json.loads((WORKFLOWS / "paella_v3_text_to_image.json").read_text())
+    kinds = {n["type"] for n in ui["nodes"]}
+    assert "BoundlessPaellaConditioning" not in kinds and {"BoundlessPaellaTextEncode", "CLIPTextEncode"} <= kinds
+    [byt5_prompt] = [n for n in ui["nodes"] if n["type"] == "BoundlessPaellaTextEncode" and n["widgets_values"][0]]
+    [clip_prompt] = [n for n in ui["nodes"] if n["type"] == "CLIPTextEncode" and n["widgets_values"][0]]
+    [save] = [str(n["id"]) for n in ui["nodes"] if n["type"] == "SaveImage"]
+    images = []
+    for prompt in ("a red barn in the snow", "blue waves at night"):
+        outputs = run_shipped(comfy, ui, {str(byt5_prompt["id"]): {"text": prompt},
+                                          str(clip_prompt["id"]): {"text": prompt}})
+        images.append(pixels(comfy.images(outputs, save)[0]))
+    assert images[0].shape == (64, 64, 3) and not np.array_equal(*images)
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("paella_*.json")))
 def test_shipped_workflows_run(comfy, name):
     ui = json.loads((WORKFLOWS / name).read_text())
-    outputs = comfy.run_workflow(ui, fast_overrides(ui))
+    outputs = run_shipped(comfy, ui)
     saved = [info for node_outputs in outputs.values() for info in node_outputs.get("images", [])]
     assert saved, name
     assert all(comfy.fetch(info) for info in saved)

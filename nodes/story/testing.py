@@ -64,10 +64,11 @@ def tiny_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     return comfy.model_patcher.ModelPatcher(model, mm.get_torch_device(), mm.unet_offload_device())
 
 
-def tiny_clip(seed: int = 0) -> comfy.sd.CLIP:
-    """ComfyUI's SD1 tokenizer with a one-layer 32-wide CLIP text model."""
+def tiny_clip(seed: int = 0, width: int = CONTEXT_DIM) -> comfy.sd.CLIP:
+    """ComfyUI's SD1 tokenizer with a one-layer CLIP text model ``width`` wide (32 by default)."""
+    config = dict(TINY_CLIP, hidden_size=width, projection_dim=width)
     clip_class = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=comfy.sd1_clip.SDClipModel,
-                                   textmodel_json_config=dict(TINY_CLIP))
+                                   textmodel_json_config=config)
     target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, clip_class)
     clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
     randomize(clip.cond_stage_model, seed + 1)
@@ -79,6 +80,24 @@ def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
     taesd = comfy.taesd.taesd.TAESD()
     randomize(taesd, seed + 2)
     return comfy.sd.VAE(sd=taesd.state_dict())
+
+
+class TinyCLIPLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessTinyCLIPLoader", display_name="Tiny CLIP Loader (tests)", category="Boundless/testing",
+            description="Test-only: a tiny random-weight CLIP text encoder, in place of Load CLIP.",
+            inputs=[io.Int.Input("weights_seed", default=0, min=0, max=2**31 - 1,
+                                 tooltip="Seed of the random weights; the same seed always gives the same encoder."),
+                    io.Int.Input("width", default=CONTEXT_DIM, min=8, max=1024,
+                                 tooltip="Width of its token states and pooled vector (the tiny Paella v3 takes 16).")],
+            outputs=[io.Clip.Output(display_name="clip",
+                                    tooltip="Test-only tiny text encoder: connect it to CLIP Text Encode.")])
+
+    @classmethod
+    def execute(cls, weights_seed, width) -> io.NodeOutput:
+        return io.NodeOutput(tiny_clip(weights_seed, width))
 
 
 class TinyUNetLoader(io.ComfyNode):
