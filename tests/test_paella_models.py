@@ -1,4 +1,5 @@
 """Paella networks and loader: configs from keys, strict loading, safe pickles, numerical properties."""
+import dataclasses
 import json
 
 import pytest
@@ -168,3 +169,19 @@ def test_models_move_and_cast_like_any_module(make):
     """ComfyUI's memory manager moves models with .to(); nothing may shadow nn.Module internals."""
     model = make().to(torch.device("cpu")).to(torch.float64).float()
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_v1_down_and_up_block_counts_are_read_separately():
+    """The authors' DenoiseUNet takes down_levels and up_levels apart; a file whose up path is not the
+    mirror of its down path loads with the counts it holds."""
+    v1_model = pack_module("nodes.paella.v1_model")
+    config = v1_model.PaellaV1Config(num_labels=32, c_levels=(16, 32, 32), blocks=(1, 2, 1), c_clip=8,
+                                     up_blocks=(2, 1, 3))
+    model = v1_model.PaellaV1(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert v1_model.PaellaV1Config.from_shapes(shapes) == config
+    mirrored = v1_model.PaellaV1(dataclasses.replace(config, up_blocks=None))
+    assert v1_model.PaellaV1Config.from_shapes({k: tuple(v.shape) for k, v in mirrored.state_dict().items()}
+                                               ).up_blocks is None
+    logits = model(torch.zeros(1, 8, 8, dtype=torch.int64), torch.zeros(1, 8), torch.full((1,), 0.5))
+    assert logits.shape == (1, 32, 8, 8)

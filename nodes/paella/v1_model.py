@@ -27,9 +27,16 @@ R_EMBEDDING_WIDTH = 64
 class PaellaV1Config:
     num_labels: int
     c_levels: tuple[int, ...]   # channels per level, finest first (released: 320, 640, 1280)
-    blocks: tuple[int, ...]     # residual blocks per level (released: 4, 8, 16)
+    blocks: tuple[int, ...]     # residual blocks per down level, finest first (released: 4, 8, 16)
     c_clip: int
     c_r: int = R_EMBEDDING_WIDTH
+    # residual blocks per up level, finest first; None = as ``blocks``. The authors' DenoiseUNet takes
+    # ``down_levels`` and ``up_levels`` separately (released: [4, 8, 16] and [16, 8, 4], i.e. mirrored).
+    up_blocks: tuple[int, ...] | None = None
+
+    @property
+    def up(self) -> tuple[int, ...]:
+        return self.blocks if self.up_blocks is None else self.up_blocks
 
     @property
     def token_multiple(self) -> int:
@@ -51,8 +58,13 @@ class PaellaV1Config:
                 raise BoundlessError(f"Paella v1 checkpoint: level {level} has no residual blocks")
             c_levels.append(shapes[f"down_blocks.{level}.{indices[0]}.gamma"][0])
             blocks.append(len(indices))
+        up = []
+        for level in range(levels):              # up_blocks.0 is the coarsest level
+            up.append(sum(1 for k in shapes if re.match(rf"up_blocks\.{levels - 1 - level}\.\d+\.gamma$", k)))
+        if 0 in up:
+            raise BoundlessError(f"Paella v1 checkpoint: up level {up.index(0)} has no residual blocks")
         return cls(num_labels=num_labels, c_levels=tuple(c_levels), blocks=tuple(blocks),
-                   c_clip=cond_width - R_EMBEDDING_WIDTH)
+                   c_clip=cond_width - R_EMBEDDING_WIDTH, up_blocks=None if up == blocks else tuple(up))
 
 
 class ModulatedLayerNorm(nn.Module):
@@ -111,7 +123,7 @@ class PaellaV1(nn.Module):
         self.up_blocks = nn.ModuleList()
         for i in reversed(range(len(c))):
             level = nn.ModuleList(ResBlock(c[i], c_cond, c[i] if (j == 0 and i < len(c) - 1) else 0)
-                                  for j in range(cfg.blocks[i]))
+                                  for j in range(cfg.up[i]))
             if i > 0:
                 level.append(nn.ConvTranspose2d(c[i], c[i - 1], 4, stride=2, padding=1))
             self.up_blocks.append(level)
