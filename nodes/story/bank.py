@@ -112,15 +112,20 @@ class CharacterBank:
                     f"steps, first sigma {written[0]:.4g}). Use the same steps, scheduler and denoise for both "
                     "samplers.")
 
-    def get(self, characters: Sequence[str], step: int, layer: int, kind: int
-            ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """Bank tokens of ``characters`` (in that order) for one (step, layer, kind), or None."""
+    def get(self, characters: Sequence[str], step: int, layer: int, kind: int,
+            device: torch.device | str | None = None) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Bank tokens of ``characters`` (in that order) for one (step, layer, kind) on ``device``, or None.
+
+        Entries are uploaded one by one and joined on the device: joining them on the host would read
+        pinned buffers that an asynchronous copy from the GPU may still be filling."""
         found = [self.entries[(c, step, layer, kind)] for c in characters if (c, step, layer, kind) in self.entries]
         if not found:
             return None
-        if len(found) == 1:
-            return found[0]
-        return torch.cat([k for k, _ in found]), torch.cat([v for _, v in found])
+        moved = [(k.to(device, non_blocking=True), v.to(device, non_blocking=True)) if device is not None else (k, v)
+                 for k, v in found]
+        if len(moved) == 1:
+            return moved[0]
+        return torch.cat([k for k, _ in moved]), torch.cat([v for _, v in moved])
 
     # ------------------------------------------------------------------ reporting
     @property

@@ -217,7 +217,7 @@ class StoryAttention:
         for names, index in _groups(rows):
             batch_rows = self._batch_rows(index, n, chunks, q.device)
             q_g, k_g, v_g = (t if batch_rows is None else t.index_select(0, batch_rows) for t in (q, k, v))
-            banks = [self.bank.get(names, step, layer, kind) for kind in kinds]
+            banks = [self.bank.get(names, step, layer, kind, q.device) for kind in kinds]
             out_g = panel_attention(q_g, k_g, v_g, banks, heads, attend)
             if batch_rows is None:
                 out = out_g
