@@ -38,6 +38,8 @@ def test_tokenizers_keep_their_codebooks_float32_and_return_float32(dtype):
     ]:
         reference, model = make(), precision.cast_module(make(), dtype)
         assert kept_float32(model) and all(p.dtype == torch.float32 for p in kept_float32(model))
+        # bit for bit: a codebook rounded through half precision would change the tokenizer's identity
+        assert all(torch.equal(a, b) for a, b in zip(kept_float32(model), kept_float32(reference)))
         assert precision.compute_dtype(model) == dtype
         with torch.no_grad():
             indices = encode(model, image)
@@ -48,6 +50,20 @@ def test_tokenizers_keep_their_codebooks_float32_and_return_float32(dtype):
     vae = precision.cast_module(random_vqvae(), dtype)
     assert all(p.dtype == torch.float32 for p in vae.quantize.parameters())
     assert vae.weight_dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", HALVES)
+def test_video_decoding_with_a_pixel_guide_and_stable_encoding_in_half_precision(dtype):
+    guided = pack_module("nodes.vq.guided")
+    temporal = pack_module("nodes.vq.temporal")
+    vqgan = precision.cast_module(vq_tiny.tiny_vqgan(), dtype)
+    guide = precision.cast_module(guided.PixelGuide.for_vqgan(vq_tiny.tiny_vqgan()), dtype)
+    frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        tokens = temporal.encode_frames_stable(vqgan, frames)
+        pixels = guided.decode_frames(vqgan, tokens[:, None], guide, first_bchw=frames[:1])
+    assert pixels.dtype == torch.float32 and pixels.shape == (3, 1, 3, 32, 32)
+    assert bool(torch.isfinite(pixels).all())
 
 
 @pytest.mark.parametrize("dtype", HALVES)

@@ -16,11 +16,15 @@ HALF_AND_FULL = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``module.to(dtype)`` in place, then every ``keeps_float32`` submodule back to float32."""
+    """``module.to(dtype)`` in place, except every ``keeps_float32`` submodule, which keeps its exact
+    float32 values (casting it down and back up would round the codebook, and with it the
+    tokenizer's identity that canvases and token maps are checked against)."""
+    kept = [sub for sub in module.modules() if getattr(sub, "keeps_float32", False)]
+    saved = [{k: v.detach().float().clone() for k, v in sub.state_dict().items()} for sub in kept]
     module.to(dtype)
-    for sub in module.modules():
-        if getattr(sub, "keeps_float32", False):
-            sub.float()
+    for sub, state in zip(kept, saved):
+        sub.float()
+        sub.load_state_dict(state)
     return module
 
 

@@ -79,13 +79,14 @@ class PixelGuide(nn.Module):
                                  f"{expected}; guide with a frame of the same size and batch")
         decoder = vqgan.decoder
         pyramid = self.pyramid(guide_bchw.to(self.stem.weight.dtype))
-        h = decoder.mid(decoder.conv_in(vqgan.post_quant_conv(vqgan.quantize.lookup(indices_bhw))))
+        z_bchw = vqgan.quantize.lookup(indices_bhw).to(vqgan.weight_dtype)        # the codebook is float32
+        h = decoder.mid(decoder.conv_in(vqgan.post_quant_conv(z_bchw)))
         scales = level_scales(len(decoder.up))
         for i in reversed(range(len(decoder.up))):
             h = decoder.up[i](h)
             g = pyramid[scales[i].bit_length() - 1]
             h = h + self.fuse[i](torch.cat([h, g.to(h.dtype)], dim=1))
-        return decoder.conv_out(F.silu(decoder.norm_out(h)))
+        return decoder.conv_out(F.silu(decoder.norm_out(h))).float()
 
 
 def vqgan_fingerprint(vqgan: VQGAN) -> str:
@@ -109,7 +110,7 @@ def decode_frames(vqgan: VQGAN, indices_fbhw: torch.Tensor, guide: Optional[Pixe
     with torch.no_grad():
         for f in range(total):
             if f == 0 and first_bchw is not None:
-                out = first_bchw.to(vqgan.post_quant_conv.weight)
+                out = first_bchw.to(vqgan.post_quant_conv.weight.device, torch.float32)
             elif guide is None or f == 0:
                 out = vqgan.decode_indices(indices_fbhw[f])
             else:

@@ -38,7 +38,7 @@ def quantize_stable(codes_ke: torch.Tensor, z_fehw: torch.Tensor, tolerance: flo
 
 def latents(vqgan: VQGAN, x_bchw: torch.Tensor, batch: int = 16) -> torch.Tensor:
     """Pre-quantization latents ``[B, E, h, w]`` of images in [-1, 1], ``batch`` images at a time."""
-    return torch.cat([vqgan.quant_conv(vqgan.encoder(x_bchw[start:start + batch]))
+    return torch.cat([vqgan.quant_conv(vqgan.encoder(x_bchw[start:start + batch].to(vqgan.weight_dtype))).float()
                       for start in range(0, x_bchw.shape[0], batch)])
 
 
