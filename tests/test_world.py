@@ -35,6 +35,8 @@ def test_fixed_attributes_are_kept_and_the_rest_varies():
     scenes = [scene_mod.sample_scene(seed, time="sunset", snow=True) for seed in range(20)]
     assert all(s.time == "sunset" and s.snow for s in scenes)
     assert len({s.water for s in scenes}) > 1 and len({s.forest for s in scenes}) == 2
+    by_the_sea = [scene_mod.sample_scene(seed, water="sea", forest=True) for seed in range(20)]
+    assert all(s.water == "sea" and s.forest for s in by_the_sea)      # a fixed forest stays, even by the sea
 
 
 WORDS = {"snow": ("snow", "white-topped"), "lake": ("lake",), "sea": ("sea", "ocean"),

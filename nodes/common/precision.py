@@ -26,12 +26,3 @@ def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         sub.float()
         sub.load_state_dict(state)
     return module
-
-
-def compute_dtype(module: torch.nn.Module) -> torch.dtype:
-    """The dtype the network computes in: that of its first parameter outside the float32 parts."""
-    kept = {id(p) for sub in module.modules() if getattr(sub, "keeps_float32", False) for p in sub.parameters()}
-    for parameter in module.parameters():
-        if id(parameter) not in kept and parameter.is_floating_point():
-            return parameter.dtype
-    return torch.float32

@@ -46,6 +46,7 @@ class StaticDecoder:
         self.k_buf = [torch.zeros(batch, cfg.heads, length, cfg.head_dim, dtype=dtype, device=device)
                       for _ in model.blocks]
         self.v_buf = [torch.zeros_like(k) for k in self.k_buf]
+        self.context_index = torch.arange(self.max_context, device=device)
         self.context_valid = torch.zeros(self.max_context, dtype=torch.bool, device=device)
         self.own_index = torch.arange(self.t + 1, device=device)
         self.position = torch.zeros((), dtype=torch.int64, device=device)        # s
@@ -81,7 +82,7 @@ class StaticDecoder:
             if ctx is not None:
                 self.k_buf[layer][:, :, :n_ctx].copy_(ctx[0])
                 self.v_buf[layer][:, :, :n_ctx].copy_(ctx[1])
-        self.context_valid.copy_(torch.arange(self.max_context, device=self.context_valid.device) < n_ctx)
+        self.context_valid.copy_(self.context_index < n_ctx)
         self.order_row.copy_(model.order_emb[order])
         aligned = model.aligned_input(context)
         if self.aligned is not None:

@@ -47,7 +47,7 @@ class Layers:
     palette: dict
     sky: np.ndarray                     # [H, W, 3]
     layers: list                        # [(rgba [H, W, 4], parallax)], far to near, above the horizon
-    below: np.ndarray                   # [H, W, 3] ground (unused where there is water)
+    below: np.ndarray | None            # [H, W, 3] ground; None where water mirrors the land
     horizon_px: int
     clouds: np.ndarray                  # [H, W, 4]
 
@@ -206,7 +206,7 @@ def paint_layers(scene: Scene, width: int, height: int) -> Layers:
                        0.08 + 0.55 * index / max(scene.ranges - 1, 1)))
     if scene.forest:
         layers.append((_forest(scene, palette, height, width, horizon_px, rng), 1.0))
-    below = _ground(scene, palette, height, width, horizon_px, rng)
+    below = _ground(scene, palette, height, width, horizon_px, rng) if scene.water == "none" else None
     return Layers(scene, palette, sky, layers, below, horizon_px, clouds)
 
 

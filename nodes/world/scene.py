@@ -45,7 +45,7 @@ def sample_scene(seed: int, **fixed) -> Scene:
         sun_azimuth=float(rng.random()), horizon=float(rng.uniform(0.55, 0.68)),
         hue_shift=float(rng.uniform(-1, 1)))
     values.update(fixed)
-    if values["water"] == "sea":
+    if values["water"] == "sea" and "forest" not in fixed:     # fewer forests by the sea, unless asked for
         values["forest"] = values["forest"] and rng.random() < 0.5
     return Scene(**values)
 
