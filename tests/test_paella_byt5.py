@@ -53,6 +53,22 @@ def test_states_equal_transformers_forward_without_a_mask(released):
     assert not torch.allclose(states[1], masked[1], atol=1e-3)           # the padding is attended, as trained
 
 
+def test_pad_to_gives_each_prompt_the_states_of_a_batch_encoded_together(released):
+    """Latent Interpolation needs two prompts of one ByT5 length: encoded apart with the same pad_to
+    they are exactly what one padding='longest' batch of both gives (no attention mask)."""
+    _, path = released
+    encoder = byt5.load_byt5(path)
+    prompts = ["a calm lake", "a stormy sea at night"]
+    together = encoder.encode(prompts)
+    apart = [encoder.encode([p], pad_to=together.shape[1]) for p in prompts]
+    assert [a.shape[1] for a in apart] == [together.shape[1]] * 2
+    for i, states in enumerate(apart):
+        torch.testing.assert_close(states[0], together[i], atol=1e-6, rtol=1e-6)
+    assert byt5.tokenize(["ab"], pad_to=5).tolist() == [[100, 101, 1, 0, 0]]
+    assert byt5.tokenize(["abcd"], pad_to=2).tolist() == [[100, 101, 102, 103, 1]]      # never cut
+    assert byt5.tokenize(["x"], pad_to=10_000).shape == (1, byt5.MAX_LENGTH)
+
+
 def test_files_that_are_not_a_whole_byt5_encoder_are_refused(tmp_path, released):
     save_file({"embeddings.word_embeddings.weight": torch.zeros(4, 4)}, str(tmp_path / "bert.safetensors"))
     with pytest.raises(BoundlessError, match="bert.safetensors is not a .*T5/ByT5 encoder: missing shared.weight"):

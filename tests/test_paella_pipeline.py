@@ -107,7 +107,8 @@ def test_interpolate_hits_both_ends_and_refuses_length_mismatch():
     assert torch.equal(conditioning.interpolate(a, b, 1.0).clip_text, b.clip_text)
     mid = conditioning.interpolate(a, b, 0.5)
     torch.testing.assert_close(mid.clip_image, (a.clip_image + b.clip_image) / 2)
-    with pytest.raises(errors.BoundlessError, match="padding='longest'"):
+    with pytest.raises(errors.BoundlessError,
+                       match="same pad_to, at least 6, or encode both prompts together with padding='longest'"):
         conditioning.interpolate(a, conditioning.from_sources({"byt5": torch.zeros(1, 2, 24),
                                                                "clip_text": torch.zeros(1, 16),
                                                                "clip_image": torch.zeros(1, 16)}), 0.5)

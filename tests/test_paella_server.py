@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 
 import paella_tiny
@@ -161,9 +162,16 @@ FAST = {"BoundlessPaellaV3Sampler": {"steps": 2, "cfg_steps": -1}, "BoundlessPae
 
 # Shipped workflows name the released files; the test server has tiny stand-ins under other names.
 RELEASED_TO_TINY = {"paella_v3.pt": V3_FILES["model"], "vqgan_f4.pt": V3_FILES["vqgan"],
-                    "prior_v1.pt": "prior_tiny.safetensors", "byt5-xl.safetensors": paella_tiny.BYT5_TINY_NAME}
+                    "prior_v1.pt": "prior_tiny.safetensors", "byt5-xl.safetensors": paella_tiny.BYT5_TINY_NAME,
+                    "model_600000.pt": V1_FILES["model"], "vqgan.gumbelf8-sber.model.ckpt": V1_FILES["vqgan"]}
 LOADER_INPUTS = {"BoundlessPaellaLoader": "model_name", "BoundlessPaellaVQGANLoader": "vqgan_name",
                  "BoundlessPaellaPriorLoader": "prior_name", "BoundlessPaellaByT5Loader": "byt5_name"}
+# ComfyUI's own encoders the workflows load (Load CLIP type stable_diffusion, Load CLIP Vision), by the
+# Paella model they feed. The tests swap in tiny random encoders exactly as wide as that tiny model's CLIP input.
+CLIP_TEXT_FILES = {"paella_v3.pt": "sd2_text_encoder_vit_h14.safetensors",             # OpenCLIP ViT-H-14
+                   "model_600000.pt": "open_clip_vit_g14_laion2b_s12b_b42k.bin"}       # OpenCLIP ViT-g-14
+CLIP_VISION_FILE = "clip_vision_h.safetensors"                                          # OpenCLIP ViT-H-14
+TINY_CLIP_WIDTH = {"paella_v3.pt": paella_tiny.V3_CONFIG.clip_width, "model_600000.pt": paella_tiny.V1_CONFIG.c_clip}
 
 
 def fast_overrides(ui: dict) -> dict:
@@ -175,30 +183,173 @@ def fast_overrides(ui: dict) -> dict:
     return overrides
 
 
+def released_model(ui: dict) -> str:
+    [name] = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "BoundlessPaellaLoader"]
+    return name
+
+
 def run_shipped(comfy, ui: dict, overrides: dict | None = None) -> dict:
     """A shipped workflow on the tiny models: released file names mapped to the stand-ins, ComfyUI's
-    Load CLIP replaced by a tiny CLIP as wide as the tiny Paella v3's CLIP input, fast settings."""
+    Load CLIP / Load CLIP Vision replaced by tiny encoders as wide as the tiny Paella model's CLIP input,
+    fast settings."""
     from workflow_convert import ui_to_api
     api = ui_to_api(ui, comfy.object_info())
     for node_id, values in {**fast_overrides(ui), **(overrides or {})}.items():
         api[node_id]["inputs"].update(values)
+    width = TINY_CLIP_WIDTH[released_model(ui)]
     for node in api.values():
         if node["class_type"] == "CLIPLoader":
-            node["class_type"], node["inputs"] = "BoundlessTinyCLIPLoader", {"weights_seed": 0,
-                                                                             "width": paella_tiny.CLIP_WIDTH}
+            node["class_type"], node["inputs"] = "BoundlessTinyCLIPLoader", {"weights_seed": 0, "width": width}
+        elif node["class_type"] == "CLIPVisionLoader":
+            node["class_type"], node["inputs"] = "BoundlessTinyCLIPVisionLoader", {"weights_seed": 0, "width": width}
     return comfy.run(api)
 
 
-def test_v3_variations_workflow_follows_the_image_embedding(comfy):
-    """The shipped workflow needs no CLIP vision weights (the source vector comes from an embeddings file);
-    with the same seed, another source vector gives other images."""
-    ui = json.loads((WORKFLOWS / "paella_v3_variations.json").read_text())
-    [source] = [str(n["id"]) for n in ui["nodes"] if n.get("widgets_values") == ["image_a_tiny.safetensors"]]
+def shipped(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def by_id(ui: dict) -> dict:
+    return {n["id"]: n for n in ui["nodes"]}
+
+
+def link_source(ui: dict, node: dict, input_name: str) -> dict | None:
+    """The node feeding ``input_name`` of ``node`` (None when unconnected)."""
+    [link] = [i["link"] for i in node["inputs"] if i["name"] == input_name]
+    if link is None:
+        return None
+    [source] = [l[1] for l in ui["links"] if l[0] == link]
+    return by_id(ui)[source]
+
+
+def typed_prompts(ui: dict) -> list[str]:
+    """The non-empty prompts of a workflow, in node-id order of their CLIP Text Encode nodes."""
+    return [n["widgets_values"][0] for n in sorted(ui["nodes"], key=lambda n: n["id"])
+            if n["type"] == "CLIPTextEncode" and n["widgets_values"][0]]
+
+
+def retyped(ui: dict, old: str, new: str) -> dict:
+    """Overrides that type ``new`` wherever the workflow has ``old`` (its CLIP and ByT5 encoders alike)."""
+    return {str(n["id"]): {"text": new} for n in ui["nodes"]
+            if n["type"] in ("CLIPTextEncode", "BoundlessPaellaTextEncode") and n["widgets_values"][0] == old}
+
+
+PAELLA_WORKFLOWS = sorted(p.name for p in WORKFLOWS.glob("paella_*.json"))
+
+
+@pytest.mark.parametrize("name", PAELLA_WORKFLOWS)
+def test_shipped_workflow_names_released_files_and_starts_from_typed_prompts(name):
+    """No shipped Paella workflow reads an embeddings file or a tiny test file: every loader names a
+    released file, every conditioning comes from ComfyUI's text (or vision) encoders, and each v3 prompt
+    is read by both ByT5 and CLIP-H from the same text."""
+    ui = shipped(name)
+    model = released_model(ui)
+    version = "v1" if model == "model_600000.pt" else "v3"
+    assert name.startswith(f"paella_{version}_")
+    for n in ui["nodes"]:
+        values = n.get("widgets_values") or [None]
+        if n["type"] in LOADER_INPUTS:
+            assert values[0] in RELEASED_TO_TINY, (n["id"], values)
+        elif n["type"] == "CLIPLoader":
+            assert values == [CLIP_TEXT_FILES[model], "stable_diffusion", "default"], (n["id"], values)
+        elif n["type"] == "CLIPVisionLoader":
+            assert version == "v3" and values == [CLIP_VISION_FILE]
+        elif n["type"] == "BoundlessPaellaConditioning":
+            assert values == ["none"] and link_source(ui, n, "conditioning")["type"] == "CLIPTextEncode", n["id"]
+        elif n["type"] == "BoundlessPaellaTextEncode":
+            assert version == "v3"
+            clip_text = link_source(ui, n, "clip_text")
+            assert clip_text["type"] == "CLIPTextEncode" and clip_text["widgets_values"][0] == values[0], n["id"]
+            assert link_source(ui, n, "byt5")["type"] == "BoundlessPaellaByT5Loader"
+    if version == "v3":   # guidance needs "" encoded the same way
+        assert any(n["type"] == "BoundlessPaellaTextEncode" and n["widgets_values"][0] == "" for n in ui["nodes"])
+    if name != "paella_v3_variations.json":   # variations start from a picture (and "")
+        assert typed_prompts(ui), name
+
+
+SOURCE = WORKFLOWS / "inputs" / "boundless_shore.png"
+NEW_PROMPT = "a field of sunflowers at noon"
+# What each shipped workflow gives on the tiny models with FAST settings: the saved image sizes; which
+# prompt the test retypes (index into typed_prompts); saved images the retyped prompt must not change.
+SHIPPED_EXPECTATIONS = {
+    "paella_v1_outpaint.json": {"sizes": [(512, 256)]},                    # 384 x 256 + 64 px each side
+    "paella_v1_regional.json": {"sizes": [(64, 64)], "retype": 1},        # prompt B, the right-hand region
+    "paella_v3_inpaint.json": {"sizes": [(384, 256)]},
+    "paella_v3_interpolation.json": {"sizes": [(64, 64)] * 3, "retype": 1, "unchanged": [0]},
+    "paella_v3_structural_edit.json": {"sizes": [(384, 256)]},            # the source image's size
+    "paella_v3_text_to_image.json": {"sizes": [(64, 64)]},
+    "paella_v3_variations.json": {"sizes": [(64, 32)] * 2, "source": "boundless_sky_crop.png"},
+}
+
+
+def test_every_shipped_paella_workflow_has_expectations():
+    assert sorted(SHIPPED_EXPECTATIONS) == PAELLA_WORKFLOWS
+
+
+def saved(comfy, ui: dict, overrides: dict | None = None) -> list[np.ndarray]:
     [save] = [str(n["id"]) for n in ui["nodes"] if n["type"] == "SaveImage"]
+    outputs = run_shipped(comfy, ui, overrides)
+    return [pixels(im) for im in comfy.images(outputs, save)]
+
+
+@pytest.mark.parametrize("name", PAELLA_WORKFLOWS)
+def test_shipped_workflow_follows_its_typed_prompt(comfy, name):
+    """Each shipped workflow on the tiny models: the saved images have the expected sizes; with the same
+    seed, another typed prompt (the variations workflow: another source picture) gives other images, and
+    the original prompt, run again after it, gives the first images exactly."""
+    ui, expect = shipped(name), SHIPPED_EXPECTATIONS[name]
+    if "source" in expect:
+        [encode] = [n for n in ui["nodes"] if n["type"] == "CLIPVisionEncode"]
+        picture = link_source(ui, encode, "image")
+        change = {str(picture["id"]): {"image": expect["source"]}}
+    else:
+        change = retyped(ui, typed_prompts(ui)[expect.get("retype", 0)], NEW_PROMPT)
+    first, other, again = saved(comfy, ui), saved(comfy, ui, change), saved(comfy, ui)   # other evicts first's cache
+    assert [(im.shape[1], im.shape[0]) for im in first] == expect["sizes"]
+    assert [im.shape for im in other] == [im.shape for im in first]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    for i, (a, b) in enumerate(zip(first, other)):
+        assert np.array_equal(a, b) == (i in expect.get("unchanged", [])), (name, i)
+    assert all(im.std() > 2 for im in first)
+
+
+def test_v3_inpaint_workflow_keeps_the_picture_outside_its_mask(comfy):
+    """paste_original: whatever the prompt, the source pixels stay outside the 128 x 96 mask at (128, 80)."""
+    ui = shipped("paella_v3_inpaint.json")
+    source = pixels(Image.open(SOURCE))
+    outside = np.ones(source.shape[:2], bool)
+    outside[80:176, 128:256] = False
+    for prompt in (None, NEW_PROMPT):
+        [image] = saved(comfy, ui, prompt and retyped(ui, typed_prompts(ui)[0], prompt))
+        assert np.abs(image - source)[outside].max() <= 1
+        assert np.abs(image - source)[~outside].mean() > 4
+
+
+def test_v3_interpolation_prompts_are_padded_to_one_byt5_length(comfy):
+    """The two prompts differ in length; the workflow pads both to the same ByT5 length (pad_to), without
+    which Latent Interpolation refuses them with a hint that names pad_to."""
+    ui = shipped("paella_v3_interpolation.json")
+    a, b = typed_prompts(ui)
+    assert len(a.encode()) != len(b.encode())
+    pads = {str(n["id"]): {"pad_to": 0} for n in ui["nodes"]
+            if n["type"] == "BoundlessPaellaTextEncode" and n["widgets_values"][0]}
+    assert len(pads) == 2
+    with pytest.raises(PromptError, match=f"same pad_to, at least {max(len(a.encode()), len(b.encode())) + 1}"):
+        run_shipped(comfy, ui, pads)
+
+
+def test_v3_variations_from_an_embeddings_file(comfy):
+    """Paella Conditioning's file path for v3 variations (no CLIP vision weights needed): with the same
+    seed, another source vector gives other images."""
     runs = []
     for name in ("image_a_tiny.safetensors", "image_b_tiny.safetensors"):
-        outputs = run_shipped(comfy, ui, {source: {"embeddings": name}})
-        runs.append([pixels(im) for im in comfy.images(outputs, save)])
+        graph = base(V3_FILES, v3_sampler())
+        graph["i"], graph["e"] = cond(name), cond("v3_empty_tiny.safetensors")
+        graph["t"] = {"class_type": "BoundlessPaellaVariations",
+                      "inputs": common({"image_embedding": ["i", 0], "positive": ["e", 0], "negative": ["e", 0],
+                                        "width": 64, "height": 32, "batch_size": 2, "seed": 0})}
+        graph["o"] = {"class_type": "PreviewImage", "inputs": {"images": ["t", 0]}}
+        runs.append([pixels(im) for im in comfy.images(comfy.run(graph), "o")])
     for images in runs:
         assert [im.shape for im in images] == [(32, 64, 3)] * 2
         assert not np.array_equal(images[0], images[1])
@@ -225,28 +376,3 @@ def test_v1_variations_from_an_embeddings_file_and_errors(comfy):
                             (with_text, "disconnect 'positive'")):
         with pytest.raises(PromptError, match=message):
             comfy.run(broken)
-
-
-def test_v3_text_to_image_workflow_starts_from_a_typed_prompt(comfy):
-    """The shipped v3 workflow reads no embeddings file: ByT5 and CLIP-H encode the typed prompt."""
-    ui = json.loads((WORKFLOWS / "paella_v3_text_to_image.json").read_text())
-    kinds = {n["type"] for n in ui["nodes"]}
-    assert "BoundlessPaellaConditioning" not in kinds and {"BoundlessPaellaTextEncode", "CLIPTextEncode"} <= kinds
-    [byt5_prompt] = [n for n in ui["nodes"] if n["type"] == "BoundlessPaellaTextEncode" and n["widgets_values"][0]]
-    [clip_prompt] = [n for n in ui["nodes"] if n["type"] == "CLIPTextEncode" and n["widgets_values"][0]]
-    [save] = [str(n["id"]) for n in ui["nodes"] if n["type"] == "SaveImage"]
-    images = []
-    for prompt in ("a red barn in the snow", "blue waves at night"):
-        outputs = run_shipped(comfy, ui, {str(byt5_prompt["id"]): {"text": prompt},
-                                          str(clip_prompt["id"]): {"text": prompt}})
-        images.append(pixels(comfy.images(outputs, save)[0]))
-    assert images[0].shape == (64, 64, 3) and not np.array_equal(*images)
-
-
-@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("paella_*.json")))
-def test_shipped_workflows_run(comfy, name):
-    ui = json.loads((WORKFLOWS / name).read_text())
-    outputs = run_shipped(comfy, ui)
-    saved = [info for node_outputs in outputs.values() for info in node_outputs.get("images", [])]
-    assert saved, name
-    assert all(comfy.fetch(info) for info in saved)

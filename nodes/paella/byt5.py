@@ -64,9 +64,10 @@ class ByT5Encoder(nn.Module):
         self.t5 = t5
 
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
-        """ByT5 states ``[B, L, d_model]`` float32 of ``prompts``, without an attention mask (as trained)."""
-        ids_bl = tokenize(prompts).to(self.t5.shared.weight.device)
+    def encode(self, prompts: Sequence[str], pad_to: int = 0) -> torch.Tensor:
+        """ByT5 states ``[B, L, d_model]`` float32 of ``prompts``, without an attention mask (as trained);
+        ``pad_to`` as in ``tokenize``."""
+        ids_bl = tokenize(prompts, pad_to).to(self.t5.shared.weight.device)
         return self.t5(input_ids=ids_bl).last_hidden_state.float()
 
 
@@ -81,10 +82,17 @@ def load_byt5(path: str) -> ByT5Encoder:
     return ByT5Encoder(model).eval()
 
 
-def tokenize(prompts: Sequence[str]) -> torch.Tensor:
-    """Byte ids ``[B, L]``: the authors' ``padding="longest"``, ``max_length=768`` call."""
+def tokenize(prompts: Sequence[str], pad_to: int = 0) -> torch.Tensor:
+    """Byte ids ``[B, L]``: the authors' ``padding="longest"``, ``max_length=768`` call, then padded (pad = 0)
+    to at least ``pad_to`` tokens (at most 768). Without an attention mask a prompt padded to ``L`` has the
+    states it gets when encoded in one batch with prompts of up to ``L`` tokens, so two prompts encoded
+    apart with the same ``pad_to`` equal the pair encoded together."""
     import transformers
     tokenizer = transformers.ByT5Tokenizer()
-    return tokenizer(list(prompts), padding="longest", max_length=MAX_LENGTH, truncation=True,
-                     return_tensors="pt")["input_ids"]
+    ids = tokenizer(list(prompts), padding="longest", max_length=MAX_LENGTH, truncation=True,
+                    return_tensors="pt")["input_ids"]
+    target = min(int(pad_to), MAX_LENGTH)
+    if ids.shape[1] < target:
+        ids = torch.nn.functional.pad(ids, (0, target - ids.shape[1]), value=tokenizer.pad_token_id)
+    return ids
 

@@ -179,7 +179,8 @@ def interpolate(a: PaellaConditioning, b: PaellaConditioning, weight: float) -> 
     for name, ta in fields_a.items():
         tb = fields_b[name]
         if ta.shape[1:] != tb.shape[1:]:
-            hint = (" (ByT5 lengths differ: encode both prompts together with padding='longest')"
+            hint = (f" (ByT5 lengths differ: give both Paella v3 Text Encode nodes the same pad_to, at least "
+                    f"{max(ta.shape[1], tb.shape[1])}, or encode both prompts together with padding='longest')"
                     if name == "byt5" else "")
             raise BoundlessError(f"cannot interpolate '{name}' of shapes {list(ta.shape)} and {list(tb.shape)}{hint}")
         batch = max(ta.shape[0], tb.shape[0])

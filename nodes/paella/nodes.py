@@ -208,16 +208,21 @@ class PaellaTextEncode(io.ComfyNode):
                     io.Conditioning.Input("clip_text", optional=True,
                                           tooltip="Optional: CLIP Text Encode of the same text with the OpenCLIP "
                                                   "ViT-H-14 text encoder (SD 2.x's, via Load CLIP); its pooled "
-                                                  "vector is Paella v3's CLIP text input and the prior's input.")],
+                                                  "vector is Paella v3's CLIP text input and the prior's input."),
+                    io.Int.Input("pad_to", default=0, min=0, max=byt5_mod.MAX_LENGTH, optional=True,
+                                 tooltip="Pad the byte tokens (one per UTF-8 byte, plus one) to at least this many, "
+                                         "as the authors' batches pad to their longest prompt. 0 = the prompt's "
+                                         "own length. Latent Interpolation needs both prompts equally long: give "
+                                         "both the same value, at least the longer prompt's bytes + 1.")],
             outputs=[PaellaConditioning.Output(
                 display_name="conditioning",
                 tooltip="Paella v3 conditioning (ByT5 states, and the CLIP text vector when given): connect it to "
                         "positive or negative of a Paella generator node, or to Paella Prior.")])
 
     @classmethod
-    def execute(cls, byt5, text, clip_text=None) -> io.NodeOutput:
+    def execute(cls, byt5, text, clip_text=None, pad_to=0) -> io.NodeOutput:
         model = comfy_glue.load_for_use(byt5)
-        states = model.encode([text]).cpu()
+        states = model.encode([text], pad_to).cpu()
         return io.NodeOutput(paella_conditioning.from_sources({"byt5": states}, clip_text))
 
 

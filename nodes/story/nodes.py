@@ -278,5 +278,5 @@ class ComicPage(io.ComfyNode):
 NODES = [StoryPrompt, ConsistentSelfAttention, ReadCharacterBank, ComicPage]
 
 if os.environ.get("BOUNDLESS_TEST_NODES") == "1":
-    from .testing import TinyCLIPLoader, TinyUNetLoader
-    NODES += [TinyUNetLoader, TinyCLIPLoader]
+    from .testing import TinyCLIPLoader, TinyCLIPVisionLoader, TinyUNetLoader
+    NODES += [TinyUNetLoader, TinyCLIPLoader, TinyCLIPVisionLoader]

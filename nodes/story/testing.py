@@ -1,17 +1,23 @@
-"""Test-only: a tiny random-weight SD1.5-shaped UNet, text encoder and VAE (glue; imports comfy).
+"""Test-only: a tiny random-weight SD1.5-shaped UNet, text encoder and VAE, and a tiny CLIP vision
+encoder (glue; imports comfy).
 
 Real checkpoints cannot be downloaded in CI, and ComfyUI's checkpoint loaders need real SD sizes,
-so server workflow tests of the story nodes use this loader. ``nodes.py`` lists it only when the
-environment variable ``BOUNDLESS_TEST_NODES=1`` is set.
+so server workflow tests of the story nodes use these loaders (the Paella workflow tests use the
+tiny text and vision encoders in place of Load CLIP / Load CLIP Vision). ``nodes.py`` lists them
+only when the environment variable ``BOUNDLESS_TEST_NODES=1`` is set.
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+import tempfile
 
 import torch
 from comfy_api.latest import io
 
+import comfy.clip_vision
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -75,6 +81,27 @@ def tiny_clip(seed: int = 0, width: int = CONTEXT_DIM) -> comfy.sd.CLIP:
     return clip
 
 
+TINY_CLIP_VISION = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu", "hidden_size": 32,
+                    "image_size": 32, "intermediate_size": 64, "layer_norm_eps": 1e-05,
+                    "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3,
+                    "num_hidden_layers": 2, "patch_size": 8, "projection_dim": CONTEXT_DIM}
+
+
+def tiny_clip_vision(seed: int = 0, width: int = CONTEXT_DIM) -> comfy.clip_vision.ClipVisionModel:
+    """ComfyUI's CLIP vision model (its preprocessing, CLIP Vision Encode's outputs) around a two-layer ViT
+    (CLIP Vision Encode also reads the penultimate layer) on 32 px inputs, ``image_embeds`` ``width`` wide."""
+    config = dict(TINY_CLIP_VISION, projection_dim=width)
+    handle, path = tempfile.mkstemp(suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(config, f)
+        model = comfy.clip_vision.ClipVisionModel(path)   # reads its config from a file
+    finally:
+        os.unlink(path)
+    randomize(model.model, seed + 3)
+    return model
+
+
 def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
     """A random-weight TAESD (small 4-channel latent autoencoder) wrapped as a ComfyUI VAE."""
     taesd = comfy.taesd.taesd.TAESD()
@@ -98,6 +125,26 @@ class TinyCLIPLoader(io.ComfyNode):
     @classmethod
     def execute(cls, weights_seed, width) -> io.NodeOutput:
         return io.NodeOutput(tiny_clip(weights_seed, width))
+
+
+class TinyCLIPVisionLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessTinyCLIPVisionLoader", display_name="Tiny CLIP Vision Loader (tests)",
+            category="Boundless/testing",
+            description="Test-only: a tiny random-weight CLIP vision encoder, in place of Load CLIP Vision.",
+            inputs=[io.Int.Input("weights_seed", default=0, min=0, max=2**31 - 1,
+                                 tooltip="Seed of the random weights; the same seed always gives the same encoder."),
+                    io.Int.Input("width", default=CONTEXT_DIM, min=8, max=1024,
+                                 tooltip="Width of its projected image vector (the tiny Paella models take 16).")],
+            outputs=[io.ClipVision.Output(display_name="clip_vision",
+                                          tooltip="Test-only tiny image encoder: connect it to CLIP Vision "
+                                                  "Encode.")])
+
+    @classmethod
+    def execute(cls, weights_seed, width) -> io.NodeOutput:
+        return io.NodeOutput(tiny_clip_vision(weights_seed, width))
 
 
 class TinyUNetLoader(io.ComfyNode):
