@@ -20,6 +20,12 @@ For each model given (``--model NAME=PATH``, default the shipped panorama demo m
   tokens about its edge, repeat its last token column, tile its last two patch columns; and the
   round-trip of the truth (the ceiling).
 
+``--material world`` measures on the demo world instead (``nodes/world``): ``--world-pictures``
+panoramas of seeds from ``train_infinity_world.BENCH_SEED`` on (2048×512, never trained on nor used
+for early stopping) are the held-out pictures; outpainting continues 2 patch columns of each after
+its first 4 (and, mirrored, to the left); the never-seen pairs are counted against the codes of
+``--world-reference`` training panoramas (seeds 0..N-1).
+
 Seconds per generated patch are measured with the models taking turns (best of ``--timing-rounds``).
 The references: the same seam ratios of the VQGAN round-trip of the real pictures, the never-seen
 pair shares of the held-out pictures' own codes, and the FED/KID of the held-out round-trip.
@@ -43,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import metrics  # noqa: E402
 from packpath import pack_module  # noqa: E402
 from train_infinity_demo import OUT as DEMO_MODEL, SOURCES, VQGAN as DEMO_VQGAN, source_image, split_column  # noqa: E402
+from train_infinity_world import BENCH_SEED, world_picture  # noqa: E402
 
 checkpoint = pack_module("nodes.infinity.checkpoint")
 sampler = pack_module("nodes.infinity.sampler")
@@ -60,7 +67,13 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)          # [H, W, 3] in [0, 1]
 
 
-def pictures() -> list[tuple[str, Image.Image, int]]:
+def world_pictures(count: int) -> list[tuple[str, Image.Image, int]]:
+    """(name, held-out 2048×512 world panorama, where outpainting starts: after 4 of its 8 patch columns)."""
+    return [(f"world_{seed}", Image.fromarray(world_picture(seed, 2048, HEIGHT)), CONTEXT_COLS * 256)
+            for seed in range(BENCH_SEED, BENCH_SEED + count)]
+
+
+def demo_pictures() -> list[tuple[str, Image.Image, int]]:
     """(name, 512-px-high picture, first held-out column) of every training size; rows as in training."""
     found = []
     for name, sizes in SOURCES.items():
@@ -84,11 +97,11 @@ class Tokenizer:
         return ((self.vqgan.decode_indices(tokens_hw[None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
 
 
-def outpaint_cases(tok: Tokenizer, patch_px: int) -> list[dict]:
-    """Context pixels/tokens and the true continuation, for both directions, on the held-out quarter."""
+def outpaint_cases(tok: Tokenizer, patch_px: int, real: list[tuple[str, Image.Image, int]]) -> list[dict]:
+    """Context pixels/tokens and the true continuation, for both directions, at each picture's split."""
     cases = []
     ctx_px, cont_px = CONTEXT_COLS * patch_px, CONTINUE_COLS * patch_px
-    for name, image, split in pictures():
+    for name, image, split in real:
         if image.width - split < cont_px:
             continue                                            # the coast's held-out strip is too narrow
         for mirrored in (False, True):
@@ -185,6 +198,11 @@ def main(argv=None) -> dict:
     p.add_argument("--max-crops", type=int, default=400, help="256-px crops per set for FED/KID")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (best of)")
+    p.add_argument("--material", choices=("demo", "world"), default="demo",
+                   help="held-out pictures: the right quarter of the demo's painted pictures, or new world seeds")
+    p.add_argument("--world-pictures", type=int, default=8, help="--material world: held-out panoramas")
+    p.add_argument("--world-reference", type=int, default=32,
+                   help="--material world: training panoramas whose codes make the never-seen-pairs reference")
     p.add_argument("--save-examples", type=pathlib.Path, help="write one canvas and one outpainting per model here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -203,22 +221,29 @@ def main(argv=None) -> dict:
     first = next(iter(models.values()))
     ph, pw = first.config.patch_h, first.config.patch_w
     patch_px = pw * vqgan.factor
-    real = pictures()
+    train_maps, held_maps = [], []
+    if args.material == "world":
+        real = world_pictures(args.world_pictures)
+        held_out = [to_tensor(image) for _, image, _ in real]                  # whole pictures: new seeds
+        held_maps = [tok.encode(h) for h in held_out]
+        train_maps = [tok.encode(to_tensor(Image.fromarray(world_picture(seed, 2048, HEIGHT))))
+                      for seed in range(args.world_reference)]
+    else:
+        real = demo_pictures()
+        held_out = [to_tensor(image)[:, split:] for _, image, split in real if image.width - split >= 256]
+        for _, image, split in real:
+            picture = to_tensor(image)
+            train_tokens = tok.encode(picture[:, :split])
+            train_maps += [train_tokens, train_tokens.flip(-1)]
+            held_maps.append(tok.encode(picture[:, split:]))
     round_trips = [tok.decode(tok.encode(to_tensor(image))) for _, image, _ in real]
-    held_out = [to_tensor(image)[:, split:] for _, image, split in real if image.width - split >= 256]
     held_out += [h.flip(1) for h in held_out]
     held_crops = [c for h in held_out for c in metrics.crops(h)]
     held_feat = feats(held_crops)
     held_rt_feat = feats([c for h in held_out for c in metrics.crops(tok.decode(tok.encode(h)))])
-    train_maps, held_maps = [], []
-    for _, image, split in real:
-        picture = to_tensor(image)
-        for part, bucket in ((picture[:, :split], train_maps), (picture[:, split:], held_maps)):
-            tokens = tok.encode(part)
-            bucket += [tokens, tokens.flip(-1)] if bucket is train_maps else [tokens]
     reference_h, reference_v = metrics.pair_set(train_maps, "horizontal"), metrics.pair_set(train_maps, "vertical")
     half = len(held_crops) // 2
-    result = {"config": {"canvases": args.canvases, "seeds": args.seeds, "wrap_canvases": args.wrap_canvases,
+    result = {"config": {"material": args.material, "canvases": args.canvases, "seeds": args.seeds, "wrap_canvases": args.wrap_canvases,
                          "max_crops": args.max_crops,
                          "threads": args.threads, "patch_px": patch_px},
               "reference": {
@@ -236,7 +261,7 @@ def main(argv=None) -> dict:
     # The sky pictures are 360° panoramas: their own wrap seam, rolled to the middle and round-tripped.
     seams = []
     for name, image, _ in real:
-        if name.startswith("sky_") and image.width % (2 * patch_px) == 0:
+        if name.startswith(("sky_", "world_")) and image.width % (2 * patch_px) == 0:
             rolled = to_tensor(image).roll(image.width // 2, dims=1)
             seams.append(junction_ratio(tok.decode(tok.encode(rolled)), image.width // 2, vqgan.factor))
     result["reference"]["round_trip_wrap_seam_step_ratio"] = round(float(np.mean(seams)), 3)
@@ -244,7 +269,7 @@ def main(argv=None) -> dict:
     result["seconds_per_patch_interleaved"] = interleaved_seconds_per_patch(models, args.timing_rounds)
 
     # -- outpainting baselines -------------------------------------------------------------------------
-    cases = outpaint_cases(tok, patch_px)
+    cases = outpaint_cases(tok, patch_px, real)
     truth_feat = features([c for case in cases for c in metrics.crops(case["truth"])])
     outpaint = {}
     for kind in ("mirror", "repeat", "tile", "truth_round_trip"):

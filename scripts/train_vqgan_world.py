@@ -3,8 +3,10 @@
 
 Data: ``--world`` panoramas of the demo world (``nodes/world``, seeds 0..N-1 at 2048x512; held-out
 sets use seeds from ``HELD_OUT_SEED`` on), the MIT-licensed ``ursina`` panoramas and coast, and the
-CC0 / public-domain scikit-image photos (astronaut, chelsea, coffee, rocket), so the tokenizer keeps
-the world's colours and still handles photographs. Taming layout (the loader, the nodes and the
+CC0 / public-domain scikit-image photos (astronaut, chelsea, coffee, rocket), and the landscape and
+nature photographs of Debian's wallpaper packages that ``scripts/fetch_photos.py`` collects
+(GPL-2+, LGPL, CC-BY, CC-BY-SA-4.0, CC0; ``--photos``), but for ``HELD_OUT_PHOTOS``, which only the
+benchmarks see; so the tokenizer keeps the world's colours and still handles photographs. Taming layout (the loader, the nodes and the
 official checkpoints stay interchangeable); 256-px crops at batch 2 as for the first demo VQGAN.
 Extra arguments go to nodes/vq/train.py (e.g. ``--resume FILE --lr 3e-4``).
 """
@@ -19,6 +21,9 @@ from packpath import ROOT, pack_module
 from train_vqgan import panoramas_and_photos
 
 HELD_OUT_SEED = 100_000          # world seeds from here on are never trained on
+PHOTOS = ROOT / "output" / "photos"
+# Debian photographs kept for measuring (a mountain range, an evening sky, a meadow, a shore, a storm).
+HELD_OUT_PHOTOS = ("picosdeeuropa", "EveningGlow", "GreenMeadow", "BytheWater", "Storm")
 OUT = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
 
 
@@ -32,14 +37,26 @@ def world_images(folder: pathlib.Path, count: int, width: int = 2048, height: in
     return paths
 
 
+def debian_photos(folder: pathlib.Path, held_out: bool = False) -> list[pathlib.Path]:
+    """The fetched Debian photographs: the training ones, or with ``held_out`` the measuring ones."""
+    files = sorted(folder.glob("*.png"))
+    return [f for f in files if any(name in f.stem for name in HELD_OUT_PHOTOS) == held_out]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--world", type=int, default=160, help="world panoramas to train on")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--photos", type=pathlib.Path, default=PHOTOS,
+                        help="folder of scripts/fetch_photos.py (skipped with a note when it is empty)")
     args, rest = parser.parse_known_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        files = world_images(pathlib.Path(tmp), args.world) + panoramas_and_photos(pathlib.Path(tmp))
+        photos = debian_photos(args.photos)
+        if not photos:
+            print(f"[world tokenizer] no photographs in {args.photos}: run scripts/fetch_photos.py to add them",
+                  flush=True)
+        files = world_images(pathlib.Path(tmp), args.world) + panoramas_and_photos(pathlib.Path(tmp)) + photos
         print(f"[world tokenizer] {len(files)} training pictures", flush=True)
         pack_module("nodes.vq.train").main([*map(str, files), "--out", str(args.out), "--crop", "256", "--batch", "2",
-                                            "--n-embed", "1024", *rest])
+                                            "--n-embed", "1024", "--perceptual", "0.5", *rest])

@@ -1,10 +1,11 @@
 """Train a small taming-layout VQGAN on a folder of images (pure torch, CPU friendly).
 
 The result loads with ``loader.load_vqgan`` like any released taming checkpoint. Training differs
-from taming's (no perceptual/GAN loss: VGG weights and a discriminator are out of reach on CPU) but
-the inference model is the same architecture and key layout:
+from taming's (no GAN loss, and no VGG: its weights are not on any registry) but the inference
+model is the same architecture and key layout:
 
-* reconstruction loss: L1 + MSE on random crops (random scale, horizontal flips);
+* reconstruction loss: L1 + MSE on random crops (random scale, horizontal flips), optionally plus a
+  perceptual loss on offline EfficientNet-lite0 features (``--perceptual``, ``perceptual.py``);
 * codebook: exponential-moving-average updates with dead-code restarts from the batch latents,
   which keeps every code in use (a plain learned codebook collapses to a handful of codes);
 * commitment loss beta * ||z - sg(e)||^2 with straight-through gradients.
@@ -96,7 +97,7 @@ class EMACodebook:
 
 
 def train_step(model: VQGAN, codebook: EMACodebook, opt: torch.optim.Optimizer, x_bchw: torch.Tensor,
-               beta: float = 0.25) -> dict:
+               beta: float = 0.25, perceptual=None, perceptual_weight: float = 0.0) -> dict:
     z_bchw = model.quant_conv(model.encoder(x_bchw))
     idx_bhw = model.quantize.indices(z_bchw.detach())
     e_bchw = model.quantize.lookup(idx_bhw).detach()
@@ -105,13 +106,18 @@ def train_step(model: VQGAN, codebook: EMACodebook, opt: torch.optim.Optimizer, 
     rec_loss = (recon - x_bchw).abs().mean() + F.mse_loss(recon, x_bchw)
     commit = F.mse_loss(z_bchw, e_bchw)
     loss = rec_loss + beta * commit
+    stats = {}
+    if perceptual is not None and perceptual_weight > 0:
+        seen = perceptual(recon, x_bchw)
+        loss = loss + perceptual_weight * seen
+        stats["perceptual"] = float(seen.detach())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     codebook.update(z_bchw.detach().permute(0, 2, 3, 1).reshape(-1, z_bchw.shape[1]), idx_bhw.flatten())
     used = int(torch.unique(idx_bhw).numel())
     return {"loss": float(loss.detach()), "rec": float(rec_loss.detach()), "commit": float(commit.detach()),
-            "codes_used": used}
+            **stats, "codes_used": used}
 
 
 def init_codebook_from_data(model: VQGAN, sampler: CropSampler, batch: int) -> None:
@@ -122,6 +128,23 @@ def init_codebook_from_data(model: VQGAN, sampler: CropSampler, batch: int) -> N
         k = model.quantize.embedding.weight.shape[0]
         picks = z_nc[torch.randint(len(z_nc), (k,))] + 0.01 * torch.randn(k, z_nc.shape[1])
         model.quantize.embedding.weight.copy_(picks)
+
+
+@torch.no_grad()
+def grow_codebook(model: VQGAN, sampler: CropSampler, batch: int, n_embed: int) -> None:
+    """Extend a trained codebook to ``n_embed`` codes; the new ones start at encoder outputs of real
+    crops (the old codes and every other weight are kept, so a fine-tune starts from the old model)."""
+    old = model.quantize.embedding.weight
+    if n_embed < old.shape[0]:
+        raise ValueError(f"--n-embed {n_embed} is smaller than the resumed codebook ({old.shape[0]} codes)")
+    if n_embed == old.shape[0]:
+        return
+    z = model.quant_conv(model.encoder(sampler.batch(batch)))
+    z_nc = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    fresh = z_nc[torch.randint(len(z_nc), (n_embed - old.shape[0],))] + 0.01 * torch.randn(n_embed - old.shape[0], z.shape[1])
+    grown = torch.nn.Embedding(n_embed, old.shape[1])
+    grown.weight.copy_(torch.cat([old, fresh]))
+    model.quantize.embedding = grown
 
 
 def save_vqgan(model: VQGAN, path: pathlib.Path, metadata: dict) -> None:
@@ -145,7 +168,8 @@ def main(argv=None):
     p.add_argument("--ch-mult", default="1,1,2,2,2")
     p.add_argument("--z-channels", type=int, default=64)
     p.add_argument("--embed-dim", type=int, default=8)
-    p.add_argument("--n-embed", type=int, default=512)
+    p.add_argument("--n-embed", type=int, default=0,
+                   help="codebook size (default 512; with --resume: grow the resumed codebook to this many codes)")
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--max-side", type=int, default=2048, help="downscale images so the long side fits")
     p.add_argument("--max-down", type=float, default=4.0, help="random crop scale range 1..max_down")
@@ -156,6 +180,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", type=pathlib.Path, help="continue from this checkpoint (its architecture wins)")
+    p.add_argument("--perceptual", type=float, default=0.0,
+                   help="weight of the EfficientNet-lite0 perceptual loss (0 = pixel losses only)")
     p.add_argument("--save-every", type=int, default=100, help="also save every this many steps")
     args = p.parse_args(argv)
 
@@ -166,14 +192,20 @@ def main(argv=None):
     sampler = CropSampler(load_images(files, args.max_side), args.crop, args.max_down, args.seed)
     levels = tuple(int(m) for m in args.ch_mult.split(","))
     cfg = VQGANConfig(ch=args.ch, ch_mult=levels, num_res_blocks=1, attn_levels=(len(levels) - 1,),
-                      z_channels=args.z_channels, embed_dim=args.embed_dim, n_embed=args.n_embed)
+                      z_channels=args.z_channels, embed_dim=args.embed_dim, n_embed=args.n_embed or 512)
     if args.resume:
         from .loader import load_vqgan
         model = load_vqgan(str(args.resume)).float().train().requires_grad_(True)
+        if args.n_embed:
+            grow_codebook(model, sampler, args.batch, args.n_embed)
     else:
         model = VQGAN(cfg).train()
         init_codebook_from_data(model, sampler, args.batch)
     codebook = EMACodebook(model)
+    perceptual = None
+    if args.perceptual > 0:
+        from .perceptual import PerceptualLoss
+        perceptual = PerceptualLoss()
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
@@ -183,7 +215,8 @@ def main(argv=None):
     start = time.time()
     step = 0
     while step < args.steps and time.time() - start < args.minutes * 60:
-        stats = train_step(model, codebook, opt, sampler.batch(args.batch))
+        stats = train_step(model, codebook, opt, sampler.batch(args.batch), perceptual=perceptual,
+                           perceptual_weight=args.perceptual)
         sched.step()
         step += 1
         if step % 50 == 0 or step == 1:

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Train the NUWA-Infinity panorama demo model on the demo world:
+``.venv/bin/python scripts/train_infinity_world.py [--world 300] [--minutes 120] [--resume FILE]``.
+
+Data: ``--world`` (default 200) seamless 360° panoramas of the demo world (``nodes/world``, seeds 0..N-1 at
+2048×512, i.e. 8×2 patches of 256 px), tokenized with the demo VQGAN. Seeds from
+``VALIDATION_SEED`` on (16 panoramas at 1024×512) measure the held-out cross-entropy for early
+stopping; seeds from ``BENCH_SEED`` on are left for ``bench/infinity_quality.py --material world``,
+so the benchmark measures on pictures that neither training nor model selection saw. The world is
+made from its seed alone (CC0 by construction).
+
+Unlike the three painted pictures the first demo model was trained on, the world cannot be
+memorised: every seed is a new scene, so the model has to learn what continues what.
+
+Token maps are cached (``--cache``, keyed by the tokenizer and the seed range) so that a resumed
+run does not render and tokenize again. Extra arguments override the training flags of
+nodes/infinity/train.py (e.g. ``--lr 3e-4 --threads 1``); ``--resume`` continues any checkpoint
+trained on the same tokenizer.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import pathlib
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from packpath import ROOT, pack_module
+
+VQGAN = ROOT / "models" / "vqgan" / "boundless_demo_f16.safetensors"
+OUT = ROOT / "models" / "infinity" / "boundless_demo_panorama.safetensors"
+CACHE = ROOT / "output" / "cache"
+VALIDATION_SEED, VALIDATION_COUNT = 100_000, 16
+BENCH_SEED = 200_000
+TRAIN_SIZE, VALIDATION_SIZE = (2048, 512), (1024, 512)
+DEFAULTS = ["--dim", "128", "--depth", "4", "--heads", "4", "--patch", "16", "16", "--extents", "1", "1", "0",
+            "--canvas", "2", "2", "--batch", "2", "--lr", "3e-4", "--steps", "1000000", "--minutes", "60",
+            "--save-every", "200", "--threads", "1", "--rope-base", "100"]
+
+
+def world_picture(seed: int, width: int, height: int) -> np.ndarray:
+    """The world panorama of ``seed`` as ``uint8 [height, width, 3]``."""
+    scene_mod, render = pack_module("nodes.world.scene"), pack_module("nodes.world.render")
+    return render.panorama(scene_mod.sample_scene(seed), width, height)
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(vqgan_path: str, size: tuple[int, int]) -> None:
+    torch.set_num_threads(1)
+    _WORKER["vqgan"] = pack_module("nodes.vq.loader").load_vqgan(vqgan_path).eval()
+    _WORKER["size"] = size
+
+
+def _tokenize_seed(seed: int) -> torch.Tensor:
+    picture = torch.from_numpy(world_picture(seed, *_WORKER["size"])).float().div(127.5).sub(1.0)
+    with torch.no_grad():
+        return _WORKER["vqgan"].encode_indices(picture.permute(2, 0, 1)[None])[0]
+
+
+def world_tokens(seeds: range, size: tuple[int, int], vqgan_path: pathlib.Path, cache: pathlib.Path,
+                 jobs: int = 1) -> pathlib.Path:
+    """A token file (``tokens`` int64 ``[N, h, w]``, the trainer's ``--tokens`` format) of the world
+    panoramas of ``seeds``, made once per tokenizer and seed range (rendering and encoding a 2048-px
+    panorama takes seconds on one CPU thread, so ``jobs`` processes share the seeds)."""
+    vq_loader, tokens_mod = pack_module("nodes.vq.loader"), pack_module("nodes.common.tokens")
+    vqgan = vq_loader.load_vqgan(str(vqgan_path)).eval()
+    identity = tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)
+    path = cache / f"world_{seeds.start}_{seeds.stop}_{size[0]}x{size[1]}_{identity[-12:]}.safetensors"
+    if path.is_file():
+        return path
+    with multiprocessing.get_context("spawn").Pool(jobs, _start_worker, (str(vqgan_path), size)) as pool:
+        maps = []
+        for tokens in pool.imap(_tokenize_seed, seeds):
+            maps.append(tokens)
+            if len(maps) % 25 == 0:
+                print(f"[world] tokenized {len(maps)}/{len(seeds)}", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file({"tokens": torch.stack(maps).long().contiguous()}, str(partial),
+              metadata={"tokenizer": identity, "factor": str(vqgan.factor), "seeds": f"{seeds.start}:{seeds.stop}"})
+    partial.rename(path)                      # a killed run never leaves a half-written cache behind
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    parser.add_argument("--world", type=int, default=200, help="training panoramas (seeds 0..N-1)")
+    parser.add_argument("--jobs", type=int, default=2, help="processes that render and tokenize the world")
+    parser.add_argument("--vqgan", type=pathlib.Path, default=VQGAN)
+    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--cache", type=pathlib.Path, default=CACHE)
+    args, rest = parser.parse_known_args(argv)
+    torch.set_num_threads(1)
+    train_file = world_tokens(range(args.world), TRAIN_SIZE, args.vqgan, args.cache, args.jobs)
+    val_file = world_tokens(range(VALIDATION_SEED, VALIDATION_SEED + VALIDATION_COUNT), VALIDATION_SIZE,
+                            args.vqgan, args.cache, args.jobs)
+    print(f"[world] {len(load_file(str(train_file))['tokens'])} training maps in {train_file}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pack_module("nodes.infinity.train").main(["--tokens", str(train_file), "--val-tokens", str(val_file),
+                                              "--out", str(args.out), *DEFAULTS, *rest])
+
+
+if __name__ == "__main__":
+    main()
