@@ -14,7 +14,8 @@ import time
 
 from comfy_server import ROOT, ComfyServer
 
-DEMO_WORKFLOWS = ["infinity_panorama", "infinity_text_panorama", "vqgan_roundtrip"]
+DEMO_WORKFLOWS = ["infinity_panorama", "infinity_text_panorama", "infinity_outpaint_4dir", "infinity_animate",
+                  "vqgan_roundtrip"]
 WORKFLOWS = ROOT / "workflows"
 
 

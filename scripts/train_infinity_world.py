@@ -12,8 +12,9 @@ made from its seed alone (CC0 by construction).
 Unlike the three painted pictures the first demo model was trained on, the world cannot be
 memorised: every seed is a new scene, so the model has to learn what continues what.
 
-Token maps are cached (``--cache``, keyed by the tokenizer and the seed range) so that a resumed
-run does not render and tokenize again. Extra arguments override the training flags of
+Token maps (with each scene's caption) are cached (``--cache``, keyed by the tokenizer and the seed
+range) so that a resumed run, or the text model after the unconditional one, does not render and
+tokenize again. Extra arguments override the training flags of
 nodes/infinity/train.py (e.g. ``--lr 3e-4 --threads 1``); ``--resume`` continues any checkpoint
 trained on the same tokenizer.
 """
@@ -25,6 +26,7 @@ import pathlib
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from packpath import ROOT, pack_module
@@ -61,17 +63,38 @@ def _tokenize_seed(seed: int) -> torch.Tensor:
         return _WORKER["vqgan"].encode_indices(picture.permute(2, 0, 1)[None])[0]
 
 
+def tokens_only(path: pathlib.Path) -> pathlib.Path:
+    """The token maps of a captioned token file, without the captions (for an unconditional model)."""
+    plain = path.with_name(path.stem.replace("captioned_", "") + ".safetensors")
+    if not plain.is_file():
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = {k: v for k, v in (handle.metadata() or {}).items() if k != "text_encoder"}
+        save_file({"tokens": tensors["tokens"]}, str(plain), metadata=metadata)
+    return plain
+
+
 def world_tokens(seeds: range, size: tuple[int, int], vqgan_path: pathlib.Path, cache: pathlib.Path,
-                 jobs: int = 1) -> pathlib.Path:
+                 jobs: int = 1, captions: bool = False) -> pathlib.Path:
     """A token file (``tokens`` int64 ``[N, h, w]``, the trainer's ``--tokens`` format) of the world
     panoramas of ``seeds``, made once per tokenizer and seed range (rendering and encoding a 2048-px
-    panorama takes seconds on one CPU thread, so ``jobs`` processes share the seeds)."""
+    panorama takes seconds on one CPU thread, so ``jobs`` processes share the seeds). With
+    ``captions``, also the MiniLM states of each scene's caption (``text``) and of ``""``."""
     vq_loader, tokens_mod = pack_module("nodes.vq.loader"), pack_module("nodes.common.tokens")
     vqgan = vq_loader.load_vqgan(str(vqgan_path)).eval()
     identity = tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)
-    path = cache / f"world_{seeds.start}_{seeds.stop}_{size[0]}x{size[1]}_{identity[-12:]}.safetensors"
+    kind = "captioned_" if captions else ""
+    path = cache / f"world_{kind}{seeds.start}_{seeds.stop}_{size[0]}x{size[1]}_{identity[-12:]}.safetensors"
     if path.is_file():
         return path
+    tensors, metadata = {}, {"tokenizer": identity, "factor": str(vqgan.factor), "seeds": f"{seeds.start}:{seeds.stop}"}
+    if captions:
+        text_mod = pack_module("nodes.text.minilm")
+        encoder = text_mod.load_text_encoder(text_mod.default_path())
+        scene_mod = pack_module("nodes.world.scene")
+        tensors["text"] = encoder.encode([scene_mod.caption(scene_mod.sample_scene(seed)) for seed in seeds]).states
+        tensors["null_text"] = encoder.encode([""]).states[0]
+        metadata["text_encoder"] = encoder.name
     with multiprocessing.get_context("spawn").Pool(jobs, _start_worker, (str(vqgan_path), size)) as pool:
         maps = []
         for tokens in pool.imap(_tokenize_seed, seeds):
@@ -80,8 +103,8 @@ def world_tokens(seeds: range, size: tuple[int, int], vqgan_path: pathlib.Path, 
                 print(f"[world] tokenized {len(maps)}/{len(seeds)}", flush=True)
     cache.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    save_file({"tokens": torch.stack(maps).long().contiguous()}, str(partial),
-              metadata={"tokenizer": identity, "factor": str(vqgan.factor), "seeds": f"{seeds.start}:{seeds.stop}"})
+    tensors["tokens"] = torch.stack(maps).long()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
     partial.rename(path)                      # a killed run never leaves a half-written cache behind
     return path
 
@@ -90,17 +113,22 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
     parser.add_argument("--world", type=int, default=200, help="training panoramas (seeds 0..N-1)")
     parser.add_argument("--jobs", type=int, default=2, help="processes that render and tokenize the world")
+    parser.add_argument("--captions", action="store_true",
+                        help="train a text-conditioned model on each scene's caption (MiniLM states; 10%% of the "
+                             "items on the empty caption, so an empty prompt means unconditional)")
     parser.add_argument("--vqgan", type=pathlib.Path, default=VQGAN)
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
     parser.add_argument("--cache", type=pathlib.Path, default=CACHE)
     args, rest = parser.parse_known_args(argv)
     torch.set_num_threads(1)
-    train_file = world_tokens(range(args.world), TRAIN_SIZE, args.vqgan, args.cache, args.jobs)
+    captioned = world_tokens(range(args.world), TRAIN_SIZE, args.vqgan, args.cache, args.jobs, captions=True)
+    train_file = captioned if args.captions else tokens_only(captioned)
     val_file = world_tokens(range(VALIDATION_SEED, VALIDATION_SEED + VALIDATION_COUNT), VALIDATION_SIZE,
                             args.vqgan, args.cache, args.jobs)
     print(f"[world] {len(load_file(str(train_file))['tokens'])} training maps in {train_file}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pack_module("nodes.infinity.train").main(["--tokens", str(train_file), "--val-tokens", str(val_file),
+    validation = [] if args.captions else ["--val-tokens", str(val_file)]    # held-out NLL is for models without text
+    pack_module("nodes.infinity.train").main(["--tokens", str(train_file), *validation,
                                               "--out", str(args.out), *DEFAULTS, *rest])
 
 

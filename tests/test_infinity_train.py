@@ -95,6 +95,30 @@ def test_command_line_trainer_on_token_file(tmp_path):
         train.main(["--out", out])
 
 
+def test_token_file_captions_bring_their_empty_caption_and_encoder(tmp_path, monkeypatch):
+    """A token file with ``null_text`` trains caption dropout on exactly that state, and the model
+    records the file's text encoder."""
+    tokens = torch.randint(0, 20, (3, 6, 6))
+    text, null_text = torch.randn(3, 4, 10), torch.full((4, 10), 7.0)
+    data = str(tmp_path / "captioned.safetensors")
+    save_file({"tokens": tokens, "text": text, "null_text": null_text}, data,
+              metadata={"tokenizer": "taming.vqgan:x", "factor": "16", "text_encoder": "minilm:abc"})
+    seen = []
+    real_loss = train.chain_loss
+
+    def spy(*args, text=None, **kwargs):
+        seen.append(text.clone())
+        return real_loss(*args, text=text, **kwargs)
+
+    monkeypatch.setattr(train, "chain_loss", spy)
+    out = str(tmp_path / "model.safetensors")
+    trained = train.main(["--tokens", data, "--out", out, "--dim", "16", "--depth", "1", "--heads", "2",
+                          "--patch", "2", "2", "--extents", "1", "1", "0", "--canvas", "2", "2", "--batch", "2",
+                          "--steps", "2", "--threads", "1", "--drop-text", "1.0"])
+    assert trained.text_encoder == "minilm:abc"
+    assert all(torch.equal(batch, null_text.expand_as(batch)) for batch in seen)
+
+
 def test_validation_keeps_the_best_checkpoint(tmp_path, capsys):
     """--val-tokens: the output is the checkpoint with the lowest held-out cross-entropy seen."""
     torch.manual_seed(3)

@@ -2,7 +2,8 @@
 
 Data is either a folder of images tokenized with a VQGAN checkpoint (``--images DIR --vqgan
 FILE``), or precomputed tokens (``--tokens FILE.safetensors`` with ``tokens`` int64 ``[N, h, w]``
-or ``[N, F, h, w]``, optionally ``text`` float ``[N, L, C]`` and metadata ``tokenizer``/``factor``).
+or ``[N, F, h, w]``, optionally ``text`` float ``[N, L, C]`` with ``null_text`` ``[L, C]`` (the empty
+caption, for ``--drop-text``), and metadata ``tokenizer``/``factor``/``text_encoder``).
 Every step draws random ``--canvas`` crops and one random ADC order and runs ``training.chain_loss``
 (backward per patch, detached context caches, one all-reduce per chain under DDP), then one Adam
 step. Checkpoints are safetensors that ``checkpoint.load_infinity`` reads back. With ``--val-tokens``
@@ -85,6 +86,7 @@ def caption_states(files: list[pathlib.Path], encoder_path: str) -> tuple[torch.
 
 
 def load_token_file(path: str) -> tuple[list[torch.Tensor], torch.Tensor | None, str, int]:
+    """(token maps, caption states ``[N, L, C]`` or None, tokenizer identity, VQGAN factor)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
     tensors = load_file(path)
@@ -96,6 +98,15 @@ def load_token_file(path: str) -> tuple[list[torch.Tensor], torch.Tensor | None,
     if tokens.ndim == 3:
         tokens = tokens.unsqueeze(1)
     return list(tokens), tensors.get("text"), meta.get("tokenizer", ""), int(meta.get("factor", 0))
+
+
+def token_file_text(path: str) -> tuple[torch.Tensor | None, str]:
+    """The empty caption's states ``[L, C]`` (for caption dropout; key ``null_text``) and the text
+    encoder's identity (metadata ``text_encoder``) of a token file with captions."""
+    from safetensors import safe_open
+    with safe_open(path, framework="pt") as handle:
+        null_text = handle.get_tensor("null_text") if "null_text" in handle.keys() else None
+        return null_text, dict(handle.metadata() or {}).get("text_encoder", "")
 
 
 def load_validation(path: str, cfg: InfinityConfig) -> torch.Tensor:
@@ -197,6 +208,8 @@ def main(argv=None) -> InfinityTransformer:
     null_text, text_encoder = None, ""
     if args.tokens:
         grids, texts, tokenizer, factor = load_token_file(args.tokens)
+        if texts is not None:
+            null_text, text_encoder = token_file_text(args.tokens)
     elif args.images and args.vqgan:
         grids, files, tokenizer, factor = tokenize_folder(args.images, args.vqgan, args.max_side,
                                                           max(patch_h, patch_w), device)

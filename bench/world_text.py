@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Does a world text model draw what its prompt asks for? Attributes read back from the pictures.
+
+``.venv/bin/python bench/world_text.py --model models/infinity/boundless_world_text.safetensors``
+
+A prompt of the demo world names controllable attributes (``nodes/world/scene.py``): time of day
+(day, golden hour, sunset, dusk, night), snow, water (none, lake, sea) and forest. To read them
+back from a picture, one logistic-regression classifier per attribute is fitted on EfficientNet-lite0
+features (the mean over 256-px crops) of ``--classifier-scenes`` world renders of held-out seeds,
+*round-tripped through the model's tokenizer* (so the classifiers see what a perfect generator would
+produce); their accuracy on other held-out round-trips is the ceiling printed beside the results.
+
+Then for ``--prompts`` held-out scenes, 4×2-patch canvases (1024×512) are generated from
+
+* the scene's training-style caption (``scene.caption``: the training wordings, other seeds), and
+* a paraphrase in words no training caption uses (``paraphrase`` below),
+
+and each attribute the classifier reads from the canvas is compared with the scene's. Chance is
+printed beside it (the share of the most common value among the prompts). Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
+import metrics  # noqa: E402
+from packpath import pack_module  # noqa: E402
+
+checkpoint = pack_module("nodes.infinity.checkpoint")
+config_mod = pack_module("nodes.infinity.config")
+sampler = pack_module("nodes.infinity.sampler")
+minilm = pack_module("nodes.text.minilm")
+vq_loader = pack_module("nodes.vq.loader")
+scene_mod = pack_module("nodes.world.scene")
+render = pack_module("nodes.world.render")
+
+CLASSIFIER_SEED, PROMPT_SEED = 300_000, 400_000        # held out of every training and benchmark set
+ATTRIBUTES = ("time", "snow", "water", "forest")
+
+# Words that no training caption uses (scene._*_WORDS): only the text encoder relates them.
+_PARAPHRASE_TIME = {"day": "in the middle of a sunny afternoon", "golden hour": "late in the afternoon, warm low sun",
+                    "sunset": "while the sun goes down in orange and red", "dusk": "in the fading light after sundown",
+                    "night": "in the dark of the night with stars"}
+_PARAPHRASE_WATER = {"none": "", "lake": " and a quiet pond below", "sea": " and the open ocean below"}
+
+
+def paraphrase(scene) -> str:
+    """The scene's controllable attributes in words of no training caption."""
+    peaks = "glaciated summits" if scene.snow else "rocky summits without snow"
+    trees = " with a dense evergreen woodland" if scene.forest else ""
+    return f"{peaks}{trees}{_PARAPHRASE_WATER[scene.water]} {_PARAPHRASE_TIME[scene.time]}".strip()
+
+
+def attributes(scene) -> dict[str, str]:
+    return {"time": scene.time, "snow": str(scene.snow), "water": scene.water, "forest": str(scene.forest)}
+
+
+class Reader:
+    """EfficientNet-lite0 picture features → one classifier per attribute."""
+
+    def __init__(self):
+        self.features = metrics.Features()
+        self.classifiers = {}
+
+    def feature(self, image_hw3: torch.Tensor) -> np.ndarray:
+        return self.features(metrics.crops(image_hw3, 256, 128)).mean(0)
+
+    def fit(self, feats: np.ndarray, labels: list[dict]) -> None:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        for name in ATTRIBUTES:
+            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
+            self.classifiers[name] = model.fit(feats, [row[name] for row in labels])
+
+    def read(self, feats: np.ndarray) -> list[dict]:
+        predicted = {name: model.predict(feats) for name, model in self.classifiers.items()}
+        return [{name: str(predicted[name][i]) for name in ATTRIBUTES} for i in range(len(feats))]
+
+
+@torch.no_grad()
+def round_trip(vqgan, image_hw3: torch.Tensor) -> torch.Tensor:
+    x = image_hw3.permute(2, 0, 1)[None] * 2 - 1
+    return ((vqgan.decode_indices(vqgan.encode_indices(x)).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
+
+
+def world_round_trips(vqgan, seeds: range) -> tuple[list[torch.Tensor], list[dict]]:
+    images, labels = [], []
+    for seed in seeds:
+        scene = scene_mod.sample_scene(seed)
+        picture = torch.from_numpy(render.panorama(scene, 1024, 512).astype(np.float32) / 255.0)
+        images.append(round_trip(vqgan, picture))
+        labels.append(attributes(scene))
+    return images, labels
+
+
+def agreement(read: list[dict], truth: list[dict]) -> dict[str, float]:
+    out = {name: round(float(np.mean([r[name] == t[name] for r, t in zip(read, truth)])), 3) for name in ATTRIBUTES}
+    out["all_attributes"] = round(float(np.mean([out[name] for name in ATTRIBUTES])), 3)
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="text-conditioned NUWA-Infinity model of the demo world")
+    p.add_argument("--vqgan", default=str(ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"))
+    p.add_argument("--classifier-scenes", type=int, default=120, help="held-out renders the classifiers fit on")
+    p.add_argument("--prompts", type=int, default=24, help="held-out scenes prompted (each: caption + paraphrase)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = checkpoint.load_infinity(args.model).eval()
+    vqgan = vq_loader.load_vqgan(args.vqgan).float().eval()
+    encoder = minilm.load_text_encoder(minilm.default_path())
+    reader = Reader()
+
+    fit_images, fit_labels = world_round_trips(vqgan, range(CLASSIFIER_SEED, CLASSIFIER_SEED + args.classifier_scenes))
+    reader.fit(np.stack([reader.feature(image) for image in fit_images]), fit_labels)
+    check_images, check_labels = world_round_trips(vqgan, range(CLASSIFIER_SEED + args.classifier_scenes,
+                                                                CLASSIFIER_SEED + args.classifier_scenes + 40))
+    ceiling = agreement(reader.read(np.stack([reader.feature(image) for image in check_images])), check_labels)
+
+    scenes = [scene_mod.sample_scene(seed) for seed in range(PROMPT_SEED, PROMPT_SEED + args.prompts)]
+    truth = [attributes(scene) for scene in scenes]
+    result = {"config": {"classifier_scenes": args.classifier_scenes, "prompts": args.prompts},
+              "classifier_on_held_out_round_trips": ceiling,
+              "chance": {name: round(max(np.mean([t[name] == v for t in truth]) for v in {t[name] for t in truth}), 3)
+                         for name in ATTRIBUTES},
+              "examples": [{"caption": scene_mod.caption(s), "paraphrase": paraphrase(s)} for s in scenes[:3]]}
+    for kind, words in (("training_style", [scene_mod.caption(s) for s in scenes]),
+                        ("paraphrase", [paraphrase(s) for s in scenes])):
+        feats = []
+        for i, prompt in enumerate(words):
+            state = sampler.generate_canvas(model, 4, 2, order="right", extents=config_mod.Extents(1, 1, 0),
+                                            text=encoder.encode([prompt]).states, seed=i, temperature=1.0, top_k=64)
+            with torch.no_grad():
+                image = ((vqgan.decode_indices(state.tokens[0, 0][None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
+            feats.append(reader.feature(image))
+        result[kind] = agreement(reader.read(np.stack(feats)), truth)
+        print(json.dumps({kind: result[kind]}), flush=True)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
