@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "bench"))
 import metrics  # noqa: E402
 from packpath import pack_module  # noqa: E402
+from tokenizer import round_trip  # noqa: E402
 
 checkpoint = pack_module("nodes.infinity.checkpoint")
 config_mod = pack_module("nodes.infinity.config")
@@ -84,12 +85,6 @@ class Reader:
     def read(self, feats: np.ndarray) -> list[dict]:
         predicted = {name: model.predict(feats) for name, model in self.classifiers.items()}
         return [{name: str(predicted[name][i]) for name in ATTRIBUTES} for i in range(len(feats))]
-
-
-@torch.no_grad()
-def round_trip(vqgan, image_hw3: torch.Tensor) -> torch.Tensor:
-    x = image_hw3.permute(2, 0, 1)[None] * 2 - 1
-    return ((vqgan.decode_indices(vqgan.encode_indices(x)).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
 
 
 def world_round_trips(vqgan, seeds: range) -> tuple[list[torch.Tensor], list[dict]]:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Train the NUWA-Infinity panorama demo model on the demo world:
-``.venv/bin/python scripts/train_infinity_world.py [--world 300] [--minutes 120] [--resume FILE]``.
+"""Train the demo-world NUWA-Infinity models: the panorama model, or with ``--captions`` the text model:
+``.venv/bin/python scripts/train_infinity_world.py [--captions] [--world 200] [--minutes 120] [--resume FILE]``.
 
 Data: ``--world`` (default 200) seamless 360° panoramas of the demo world (``nodes/world``, seeds 0..N-1 at
-2048×512, i.e. 8×2 patches of 256 px), tokenized with the demo VQGAN. Seeds from
+2048×512, i.e. 8×2 patches of 256 px), tokenized with the world VQGAN (``--vqgan``). Seeds from
 ``VALIDATION_SEED`` on (16 panoramas at 1024×512) measure the held-out cross-entropy for early
 stopping; seeds from ``BENCH_SEED`` on are left for ``bench/infinity_quality.py --material world``,
 so the benchmark measures on pictures that neither training nor model selection saw. The world is
@@ -31,8 +31,9 @@ from safetensors.torch import load_file, save_file
 
 from packpath import ROOT, pack_module
 
-VQGAN = ROOT / "models" / "vqgan" / "boundless_demo_f16.safetensors"
-OUT = ROOT / "models" / "infinity" / "boundless_demo_panorama.safetensors"
+VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
+OUT = ROOT / "models" / "infinity" / "boundless_world_panorama.safetensors"
+TEXT_OUT = ROOT / "models" / "infinity" / "boundless_world_text.safetensors"
 CACHE = ROOT / "output" / "cache"
 VALIDATION_SEED, VALIDATION_COUNT = 100_000, 16
 BENCH_SEED = 200_000
@@ -117,9 +118,11 @@ def main(argv=None) -> None:
                         help="train a text-conditioned model on each scene's caption (MiniLM states; 10%% of the "
                              "items on the empty caption, so an empty prompt means unconditional)")
     parser.add_argument("--vqgan", type=pathlib.Path, default=VQGAN)
-    parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--out", type=pathlib.Path,
+                        help=f"output model (default {OUT.name}, with --captions {TEXT_OUT.name})")
     parser.add_argument("--cache", type=pathlib.Path, default=CACHE)
     args, rest = parser.parse_known_args(argv)
+    args.out = args.out or (TEXT_OUT if args.captions else OUT)
     torch.set_num_threads(1)
     captioned = world_tokens(range(args.world), TRAIN_SIZE, args.vqgan, args.cache, args.jobs, captions=True)
     train_file = captioned if args.captions else tokens_only(captioned)

@@ -109,16 +109,20 @@ def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
     return comfy.sd.VAE(sd=taesd.state_dict())
 
 
+def _encoder_inputs(width_tooltip: str) -> list:
+    """The inputs of the tiny encoder loaders: a weights seed and a width."""
+    return [io.Int.Input("weights_seed", default=0, min=0, max=2**31 - 1,
+                         tooltip="Seed of the random weights; the same seed always gives the same encoder."),
+            io.Int.Input("width", default=CONTEXT_DIM, min=8, max=1024, tooltip=width_tooltip)]
+
+
 class TinyCLIPLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="BoundlessTinyCLIPLoader", display_name="Tiny CLIP Loader (tests)", category="Boundless/testing",
             description="Test-only: a tiny random-weight CLIP text encoder, in place of Load CLIP.",
-            inputs=[io.Int.Input("weights_seed", default=0, min=0, max=2**31 - 1,
-                                 tooltip="Seed of the random weights; the same seed always gives the same encoder."),
-                    io.Int.Input("width", default=CONTEXT_DIM, min=8, max=1024,
-                                 tooltip="Width of its token states and pooled vector (the tiny Paella v3 takes 16).")],
+            inputs=_encoder_inputs("Width of its token states and pooled vector (the tiny Paella v3 takes 16)."),
             outputs=[io.Clip.Output(display_name="clip",
                                     tooltip="Test-only tiny text encoder: connect it to CLIP Text Encode.")])
 
@@ -134,10 +138,7 @@ class TinyCLIPVisionLoader(io.ComfyNode):
             node_id="BoundlessTinyCLIPVisionLoader", display_name="Tiny CLIP Vision Loader (tests)",
             category="Boundless/testing",
             description="Test-only: a tiny random-weight CLIP vision encoder, in place of Load CLIP Vision.",
-            inputs=[io.Int.Input("weights_seed", default=0, min=0, max=2**31 - 1,
-                                 tooltip="Seed of the random weights; the same seed always gives the same encoder."),
-                    io.Int.Input("width", default=CONTEXT_DIM, min=8, max=1024,
-                                 tooltip="Width of its projected image vector (the tiny Paella models take 16).")],
+            inputs=_encoder_inputs("Width of its projected image vector (the tiny Paella models take 16)."),
             outputs=[io.ClipVision.Output(display_name="clip_vision",
                                           tooltip="Test-only tiny image encoder: connect it to CLIP Vision "
                                                   "Encode.")])

@@ -120,14 +120,20 @@ def train_step(model: VQGAN, codebook: EMACodebook, opt: torch.optim.Optimizer, 
             **stats, "codes_used": used}
 
 
+@torch.no_grad()
+def latent_picks(model: VQGAN, sampler: CropSampler, batch: int, count: int, rounds: int = 1) -> torch.Tensor:
+    """``count`` pre-quantization latents ``[count, E]`` of random crops (``rounds`` batches), slightly
+    jittered: starting codes that sit where real latents are."""
+    z = torch.cat([model.quant_conv(model.encoder(sampler.batch(batch))) for _ in range(rounds)])
+    z_nc = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return z_nc[torch.randint(len(z_nc), (count,))] + 0.01 * torch.randn(count, z_nc.shape[1])
+
+
+@torch.no_grad()
 def init_codebook_from_data(model: VQGAN, sampler: CropSampler, batch: int) -> None:
     """Seed the codebook with encoder outputs so training starts with every code near real latents."""
-    with torch.no_grad():
-        z = torch.cat([model.quant_conv(model.encoder(sampler.batch(batch))) for _ in range(4)])
-        z_nc = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        k = model.quantize.embedding.weight.shape[0]
-        picks = z_nc[torch.randint(len(z_nc), (k,))] + 0.01 * torch.randn(k, z_nc.shape[1])
-        model.quantize.embedding.weight.copy_(picks)
+    weight = model.quantize.embedding.weight
+    weight.copy_(latent_picks(model, sampler, batch, weight.shape[0], rounds=4))
 
 
 @torch.no_grad()
@@ -139,11 +145,8 @@ def grow_codebook(model: VQGAN, sampler: CropSampler, batch: int, n_embed: int) 
         raise ValueError(f"--n-embed {n_embed} is smaller than the resumed codebook ({old.shape[0]} codes)")
     if n_embed == old.shape[0]:
         return
-    z = model.quant_conv(model.encoder(sampler.batch(batch)))
-    z_nc = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-    fresh = z_nc[torch.randint(len(z_nc), (n_embed - old.shape[0],))] + 0.01 * torch.randn(n_embed - old.shape[0], z.shape[1])
     grown = torch.nn.Embedding(n_embed, old.shape[1])
-    grown.weight.copy_(torch.cat([old, fresh]))
+    grown.weight.copy_(torch.cat([old, latent_picks(model, sampler, batch, n_embed - old.shape[0])]))
     model.quantize.embedding = grown
 
 
