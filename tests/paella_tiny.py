@@ -8,7 +8,10 @@
 * ``models/paella_embeddings/``: ``v3_prompt_tiny`` (ByT5 + CLIP text + CLIP image), ``v3_empty_tiny``
   (the unconditional ByT5("") / CLIP("") stand-in), ``v3_other_tiny``, ``v1_prompt_a_tiny``, ``v1_prompt_b_tiny``,
   ``image_a_tiny`` / ``image_b_tiny`` (a lone ``clip_image`` vector each: the source image of a variation, for
-  v3 and v1 alike since both tiny models take 16-wide CLIP vectors).
+  v3 and v1 alike since both tiny models take 16-wide CLIP vectors);
+* ``models/clip_vision/``: ``OPEN_CLIP_TINY_NAME``, a whole tiny OpenCLIP model (vision and text towers) in
+  LAION's ``open_clip_pytorch_model.bin`` layout, with 16-wide vectors: the ViT-g-14 stand-in of the v1
+  variations workflow.
 
 The models are small enough that a 64x64 image with 2 steps samples in well under a second on CPU.
 """
@@ -32,6 +35,7 @@ vqgan = pack_module("nodes.vq.vqgan")
 NUM_LABELS = 64
 BYT5_WIDTH = 24
 CLIP_WIDTH = 16
+OPEN_CLIP_TINY_NAME = "open_clip_tiny.bin"
 
 V3_CONFIG = v3_model.PaellaV3Config(
     num_labels=NUM_LABELS, c_in=16, c_out=16, patch_size=2, c_hidden=(32, 32, 32),
@@ -133,6 +137,22 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in module.state_dict().items()}
 
 
+def tiny_open_clip(seed: int = 0, embed_dim: int = CLIP_WIDTH):
+    """An OpenCLIP CLIP with a tiny LAION-style vision tower (exact GELU, class-token pooling, 224-px
+    input, 3 layers of 128 in 2 heads, MLP 384) and a one-layer text tower; random weights with
+    non-trivial norms and biases."""
+    import open_clip
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(embed_dim=embed_dim, vision_cfg={"layers": 3, "width": 128, "head_width": 64,
+                                                            "patch_size": 32, "image_size": 224, "mlp_ratio": 3.0},
+                           text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1})
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("visual.") and param.ndim == 1:
+                param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
+
+
 def write_test_models(models_root: pathlib.Path) -> None:
     models = pathlib.Path(models_root) / "paella"
     models.mkdir(parents=True, exist_ok=True)
@@ -145,6 +165,10 @@ def write_test_models(models_root: pathlib.Path) -> None:
     text_encoders.mkdir(parents=True, exist_ok=True)
     byt5 = {k: v for k, v in _state(tiny_byt5()).items() if k != "encoder.embed_tokens.weight"}   # tied to shared
     save_file({k: v.clone() for k, v in byt5.items()}, str(text_encoders / BYT5_TINY_NAME))
+    clip_vision = pathlib.Path(models_root) / "clip_vision"
+    clip_vision.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.clone().contiguous() for k, v in tiny_open_clip().state_dict().items()},
+               str(clip_vision / OPEN_CLIP_TINY_NAME))
     embeddings = pathlib.Path(models_root) / "paella_embeddings"
     embeddings.mkdir(parents=True, exist_ok=True)
     for name, tensors in tiny_embeddings().items():

@@ -157,21 +157,26 @@ def test_bad_input_gives_clear_errors(comfy):
 FAST = {"BoundlessPaellaV3Sampler": {"steps": 2, "cfg_steps": -1}, "BoundlessPaellaV1Sampler": {"steps": 2},
         "BoundlessPaellaPrior": {"steps": 3}, "BoundlessPaellaTextToImage": {"width": 64, "height": 64},
         "BoundlessPaellaInterpolate": {"width": 64, "height": 64, "frames": 3},
-        "BoundlessPaellaVariations": {"width": 64, "height": 32, "batch_size": 2}}
+        "BoundlessPaellaVariations": {"width": 64, "height": 64, "batch_size": 2}}
 
 
 # Shipped workflows name the released files; the test server has tiny stand-ins under other names.
 RELEASED_TO_TINY = {"paella_v3.pt": V3_FILES["model"], "vqgan_f4.pt": V3_FILES["vqgan"],
                     "prior_v1.pt": "prior_tiny.safetensors", "byt5-xl.safetensors": paella_tiny.BYT5_TINY_NAME,
-                    "model_600000.pt": V1_FILES["model"], "vqgan.gumbelf8-sber.model.ckpt": V1_FILES["vqgan"]}
+                    "model_600000.pt": V1_FILES["model"], "model_50000_img.pt": V1_FILES["model"],
+                    "vqgan.gumbelf8-sber.model.ckpt": V1_FILES["vqgan"],
+                    "open_clip_vit_g14_laion2b_s12b_b42k.bin": paella_tiny.OPEN_CLIP_TINY_NAME}
 LOADER_INPUTS = {"BoundlessPaellaLoader": "model_name", "BoundlessPaellaVQGANLoader": "vqgan_name",
-                 "BoundlessPaellaPriorLoader": "prior_name", "BoundlessPaellaByT5Loader": "byt5_name"}
+                 "BoundlessPaellaPriorLoader": "prior_name", "BoundlessPaellaByT5Loader": "byt5_name",
+                 "BoundlessPaellaCLIPVisionLoader": "clip_name"}
+V1_MODELS = ("model_600000.pt", "model_50000_img.pt")       # text model, image-variation finetune
 # ComfyUI's own encoders the workflows load (Load CLIP type stable_diffusion, Load CLIP Vision), by the
 # Paella model they feed. The tests swap in tiny random encoders exactly as wide as that tiny model's CLIP input.
 CLIP_TEXT_FILES = {"paella_v3.pt": "sd2_text_encoder_vit_h14.safetensors",             # OpenCLIP ViT-H-14
                    "model_600000.pt": "open_clip_vit_g14_laion2b_s12b_b42k.bin"}       # OpenCLIP ViT-g-14
 CLIP_VISION_FILE = "clip_vision_h.safetensors"                                          # OpenCLIP ViT-H-14
-TINY_CLIP_WIDTH = {"paella_v3.pt": paella_tiny.V3_CONFIG.clip_width, "model_600000.pt": paella_tiny.V1_CONFIG.c_clip}
+TINY_CLIP_WIDTH = {"paella_v3.pt": paella_tiny.V3_CONFIG.clip_width, "model_600000.pt": paella_tiny.V1_CONFIG.c_clip,
+                   "model_50000_img.pt": paella_tiny.V1_CONFIG.c_clip}
 
 
 def fast_overrides(ui: dict) -> dict:
@@ -244,7 +249,7 @@ def test_shipped_workflow_names_released_files_and_starts_from_typed_prompts(nam
     is read by both ByT5 and CLIP-H from the same text."""
     ui = shipped(name)
     model = released_model(ui)
-    version = "v1" if model == "model_600000.pt" else "v3"
+    version = "v1" if model in V1_MODELS else "v3"
     assert name.startswith(f"paella_{version}_")
     for n in ui["nodes"]:
         values = n.get("widgets_values") or [None]
@@ -254,6 +259,8 @@ def test_shipped_workflow_names_released_files_and_starts_from_typed_prompts(nam
             assert values == [CLIP_TEXT_FILES[model], "stable_diffusion", "default"], (n["id"], values)
         elif n["type"] == "CLIPVisionLoader":
             assert version == "v3" and values == [CLIP_VISION_FILE]
+        elif n["type"] == "BoundlessPaellaCLIPImageEncode":    # the authors' preprocessing of each version
+            assert values == [version], (n["id"], values)
         elif n["type"] == "BoundlessPaellaConditioning":
             assert values == ["none"] and link_source(ui, n, "conditioning")["type"] == "CLIPTextEncode", n["id"]
         elif n["type"] == "BoundlessPaellaTextEncode":
@@ -263,7 +270,7 @@ def test_shipped_workflow_names_released_files_and_starts_from_typed_prompts(nam
             assert link_source(ui, n, "byt5")["type"] == "BoundlessPaellaByT5Loader"
     if version == "v3":   # guidance needs "" encoded the same way
         assert any(n["type"] == "BoundlessPaellaTextEncode" and n["widgets_values"][0] == "" for n in ui["nodes"])
-    if name != "paella_v3_variations.json":   # variations start from a picture (and "")
+    if "variations" not in name:   # variations start from a picture (v3: and "")
         assert typed_prompts(ui), name
 
 
@@ -278,7 +285,8 @@ SHIPPED_EXPECTATIONS = {
     "paella_v3_interpolation.json": {"sizes": [(64, 64)] * 3, "retype": 1, "unchanged": [0]},
     "paella_v3_structural_edit.json": {"sizes": [(384, 256)]},            # the source image's size
     "paella_v3_text_to_image.json": {"sizes": [(64, 64)]},
-    "paella_v3_variations.json": {"sizes": [(64, 32)] * 2, "source": "boundless_sky_crop.png"},
+    "paella_v3_variations.json": {"sizes": [(64, 64)] * 2, "source": "boundless_sky_crop.png"},
+    "paella_v1_variations.json": {"sizes": [(64, 64)] * 2, "source": "boundless_sky_crop.png"},
 }
 
 
@@ -299,7 +307,7 @@ def test_shipped_workflow_follows_its_typed_prompt(comfy, name):
     the original prompt, run again after it, gives the first images exactly."""
     ui, expect = shipped(name), SHIPPED_EXPECTATIONS[name]
     if "source" in expect:
-        [encode] = [n for n in ui["nodes"] if n["type"] == "CLIPVisionEncode"]
+        [encode] = [n for n in ui["nodes"] if n["type"] == "BoundlessPaellaCLIPImageEncode"]
         picture = link_source(ui, encode, "image")
         change = {str(picture["id"]): {"image": expect["source"]}}
     else:

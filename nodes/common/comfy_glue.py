@@ -5,11 +5,14 @@ imported when the pack runs inside ComfyUI. Pure-torch modules never import it.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
 
 import torch
 
+import comfy.clip_vision
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
@@ -115,6 +118,18 @@ def load_together(*patchers: comfy.model_patcher.ModelPatcher, memory_required: 
     """Place several models at once (a sampler and its VQGAN), so loading one never evicts the other."""
     mm.load_models_gpu(list(patchers), memory_required=memory_required)
     return [patcher.model for patcher in patchers]
+
+
+def clip_vision_model(config: dict) -> comfy.clip_vision.ClipVisionModel:
+    """ComfyUI's own CLIP vision model (its memory management, dtype choice and outputs) for a
+    configuration ComfyUI does not ship; its constructor reads the configuration from a JSON file."""
+    handle, path = tempfile.mkstemp(suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(config, f)
+        return comfy.clip_vision.ClipVisionModel(path)
+    finally:
+        os.unlink(path)
 
 
 def compute_device() -> torch.device:

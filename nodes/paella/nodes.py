@@ -12,13 +12,16 @@ import torch
 from comfy_api.latest import io
 from safetensors.torch import load_file
 
+import comfy.clip_vision
 import folder_paths
 
 from ..common import comfy_glue, sockets
 from ..common.draws import MODE_TOOLTIP as DRAWS_TOOLTIP, MODEL_DEVICE, MODES as DRAW_MODES
 from ..common.errors import BoundlessError
+from ..common.weights import load_state_dict
 from ..common.images import normalize_mask
 from . import byt5 as byt5_mod
+from . import clip_image
 from . import conditioning as paella_conditioning
 from . import loader, pipeline
 from .prior import sample_prior
@@ -30,6 +33,7 @@ PaellaConditioning = io.Custom("BOUNDLESS_PAELLA_CONDITIONING")  # conditioning.
 PaellaSampler = io.Custom("BOUNDLESS_PAELLA_SAMPLER")        # pipeline.V3Sampler / V1Sampler
 ByT5Model = io.Custom("BOUNDLESS_BYT5")                       # ModelPatcher around transformers.T5EncoderModel
 TEXT_ENCODERS_FOLDER = "text_encoders"
+CLIP_VISION_FOLDER = "clip_vision"
 
 CATEGORY = "Boundless/paella"
 EMBEDDINGS_FOLDER = "paella_embeddings"
@@ -224,6 +228,83 @@ class PaellaTextEncode(io.ComfyNode):
         model = comfy_glue.load_for_use(byt5)
         states = model.encode([text], pad_to).cpu()
         return io.NodeOutput(paella_conditioning.from_sources({"byt5": states}, clip_text))
+
+
+class PaellaCLIPVisionLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessPaellaCLIPVisionLoader", display_name="Load CLIP Vision (OpenCLIP, Paella)",
+            category=CATEGORY,
+            description="Load the vision tower of a LAION OpenCLIP model into ComfyUI's own CLIP vision classes, "
+                        "its size read from the weights. Needed for Paella v1's image variations: ComfyUI's Load "
+                        "CLIP Vision has no configuration for ViT-g-14 (1408 wide, 40 layers). Also loads "
+                        "ViT-H-14 (Paella v3). Reads open_clip_pytorch_model.bin or model.safetensors of the LAION "
+                        "repository (the text tower in it is skipped).",
+            inputs=[io.Combo.Input("clip_name", options=folder_paths.get_filename_list(CLIP_VISION_FOLDER),
+                                   tooltip="An OpenCLIP checkpoint in models/clip_vision: for Paella v1 "
+                                           "laion/CLIP-ViT-g-14-laion2B-s12B-b42K (open_clip_pytorch_model.bin "
+                                           "or model.safetensors), for v3 CLIP-ViT-H-14-laion2B-s32B-b79K.")],
+            outputs=[io.ClipVision.Output(
+                display_name="clip_vision",
+                tooltip="The vision tower: connect it to Paella CLIP Image Encode (the authors' preprocessing) "
+                        "or to CLIP Vision Encode.")])
+
+    @classmethod
+    def execute(cls, clip_name) -> io.NodeOutput:
+        path = comfy_glue.model_path(CLIP_VISION_FOLDER, clip_name)
+        sd = dict(load_state_dict(path))
+        if "visual.transformer.resblocks.0.attn.in_proj_weight" in sd:          # open_clip's own layout
+            sd = comfy.clip_vision.convert_to_transformers(sd, "visual.")
+        sd = clip_image.vision_tower(sd)
+        try:
+            config = clip_image.vision_config(sd)
+        except BoundlessError as exc:
+            raise BoundlessError(f"Load CLIP Vision (OpenCLIP, Paella): {clip_name} is {exc}") from None
+        model = comfy_glue.clip_vision_model(config)
+        missing, unexpected = model.load_sd(sd)
+        if missing or unexpected:
+            raise BoundlessError(f"Load CLIP Vision (OpenCLIP, Paella): {clip_name} does not match the tower its "
+                                 f"shapes describe (missing {sorted(missing)[:5]}, unexpected "
+                                 f"{sorted(unexpected)[:5]}); pick an OpenCLIP ViT checkpoint")
+        return io.NodeOutput(model)
+
+
+class PaellaCLIPImageEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BoundlessPaellaCLIPImageEncode", display_name="Paella CLIP Image Encode", category=CATEGORY,
+            description="The CLIP image vector of a picture exactly as the Paella authors compute it: their "
+                        "resizing and cropping on float pixels (ComfyUI's CLIP Vision Encode crops and rounds "
+                        "differently, so its vector is close but not the same), then the tower's encode_image. "
+                        "Connect the output where a CLIP Vision Encode output goes (Paella Image Variations, "
+                        "Paella Conditioning).",
+            inputs=[io.ClipVision.Input("clip_vision",
+                                        tooltip="The OpenCLIP vision tower: v3 ViT-H-14, v1 ViT-g-14 (Load CLIP "
+                                                "Vision (OpenCLIP, Paella) or ComfyUI's Load CLIP Vision)."),
+                    io.Image.Input("image", tooltip="The picture(s): one CLIP image vector per batch item."),
+                    io.Combo.Input("preprocessing", options=list(clip_image.PREPROCESSING), default="v3",
+                                   tooltip="Whose preparation to reproduce. " + "; ".join(
+                                       f"{k}: {v}" for k, v in clip_image.PREPROCESSING.items()) + ".")],
+            outputs=[io.ClipVisionOutput.Output(
+                display_name="clip_vision_output",
+                tooltip="image_embeds = the unnormalised projected vector Paella is conditioned on (and the tower's "
+                        "last and penultimate hidden states): connect it to Paella Image Variations or Paella "
+                        "Conditioning.")])
+
+    @classmethod
+    def execute(cls, clip_vision, image, preprocessing) -> io.NodeOutput:
+        pixels_b3hw = clip_image.authors_pixels(_image_in(image), preprocessing, clip_vision.image_size)
+        comfy_glue.load_for_use(clip_vision.patcher)
+        with torch.inference_mode():
+            hidden, penultimate, embeds, _ = clip_vision.model(pixel_values=pixels_b3hw.to(clip_vision.load_device),
+                                                               intermediate_output=-2)
+        output = comfy.clip_vision.Output()
+        device = comfy_glue.output_device()
+        output["last_hidden_state"], output["penultimate_hidden_states"] = hidden.to(device), penultimate.to(device)
+        output["image_embeds"], output["mm_projected"] = embeds.to(device), None
+        return io.NodeOutput(output)
 
 
 class PaellaConditioningNode(io.ComfyNode):
@@ -679,6 +760,7 @@ class PaellaDecode(io.ComfyNode):
 
 
 NODES = [PaellaLoader, PaellaVQGANLoader, PaellaPriorLoader, PaellaByT5Loader, PaellaTextEncode,
+         PaellaCLIPVisionLoader, PaellaCLIPImageEncode,
          PaellaConditioningNode, PaellaPriorNode,
          PaellaV3SamplerNode, PaellaV1SamplerNode, PaellaTextToImage, PaellaInpaint, PaellaVariations,
          PaellaInterpolate, PaellaStructuralEdit, PaellaRegionalConditioning, PaellaEncode, PaellaDecode]

@@ -9,10 +9,7 @@ only when the environment variable ``BOUNDLESS_TEST_NODES=1`` is set.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import tempfile
 
 import torch
 from comfy_api.latest import io
@@ -25,6 +22,8 @@ import comfy.sd1_clip
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.taesd.taesd
+
+from ..common import comfy_glue
 
 CONTEXT_DIM = 32
 
@@ -90,14 +89,7 @@ TINY_CLIP_VISION = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gel
 def tiny_clip_vision(seed: int = 0, width: int = CONTEXT_DIM) -> comfy.clip_vision.ClipVisionModel:
     """ComfyUI's CLIP vision model (its preprocessing, CLIP Vision Encode's outputs) around a two-layer ViT
     (CLIP Vision Encode also reads the penultimate layer) on 32 px inputs, ``image_embeds`` ``width`` wide."""
-    config = dict(TINY_CLIP_VISION, projection_dim=width)
-    handle, path = tempfile.mkstemp(suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(config, f)
-        model = comfy.clip_vision.ClipVisionModel(path)   # reads its config from a file
-    finally:
-        os.unlink(path)
+    model = comfy_glue.clip_vision_model(dict(TINY_CLIP_VISION, projection_dim=width))
     randomize(model.model, seed + 3)
     return model
 
