@@ -72,3 +72,51 @@ def test_a_few_steps_with_the_perceptual_loss_lower_it_on_one_picture():
         last = train.train_step(model, codebook, opt, batch, perceptual=seen, perceptual_weight=1.0)
     assert set(first) >= {"loss", "rec", "perceptual", "codes_used"}
     assert last["loss"] < 0.7 * first["loss"]
+
+
+def test_colour_jitter_rotates_hue_and_scales_saturation_but_keeps_grey():
+    grey = torch.full((1, 3, 8, 8), 0.2)
+    assert torch.allclose(train.jitter_colour(grey, 0.3, 1.4), grey, atol=1e-3)      # grey has no hue
+    red = torch.tensor([0.8, -0.8, -0.8]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    third = train.jitter_colour(red, 1 / 3, 1.0)[0, :, 0, 0]                       # red turned a third: green
+    assert third.argmax() == 1 and float(third[1]) > 0.7
+    assert torch.allclose(train.jitter_colour(red, 0.0, 1.0), red, atol=1e-3)
+    paler = train.jitter_colour(red, 0.0, 0.5)[0, :, 0, 0]
+    assert float(paler[0] - paler[1]) < 0.6 * 1.6                                  # less saturated
+
+
+def test_crop_sampler_jitters_the_share_it_is_given():
+    picture = torch.tensor([0.8, -0.8, -0.8]).view(3, 1, 1).expand(3, 64, 64).clone()
+    plain = train.CropSampler([picture], crop=32, max_down=1.0, seed=0).batch(20)
+    assert torch.allclose(plain, plain[:1].expand_as(plain))
+    jittered = train.CropSampler([picture], crop=32, max_down=1.0, seed=0, colour_jitter=0.5).batch(40)
+    changed = (jittered - plain[:1]).abs().amax(dim=(1, 2, 3)) > 0.05
+    assert 8 <= int(changed.sum()) <= 32
+
+
+def test_dead_codes_restart_at_batch_latents():
+    model = tiny_vqgan(seed=3)
+    codebook = train.EMACodebook(model, restart_after=2)
+    z_nc = torch.randn(50, model.quantize.embedding.weight.shape[1])
+    only_code0 = torch.zeros(50, dtype=torch.long)
+    for _ in range(2):
+        codebook.update(z_nc, only_code0)
+    weight = model.quantize.embedding.weight
+    restarted = [(weight[k] - z_nc).abs().sum(1).min() < 1e-6 for k in range(1, weight.shape[0])]
+    assert all(restarted) and int(codebook.idle_steps.sum()) == 0
+
+
+def test_main_trains_resumes_and_counts_steps(tmp_path):
+    from PIL import Image
+    import numpy as np
+    for i in range(2):
+        pixels = (np.random.default_rng(i).random((80, 96, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(tmp_path / f"p{i}.png")
+    out = tmp_path / "vq.safetensors"
+    common = [str(tmp_path), "--out", str(out), "--ch", "32", "--ch-mult", "1,1", "--z-channels", "4",
+              "--embed-dim", "4", "--crop", "32", "--batch", "2", "--threads", "1", "--colour-jitter", "0.5"]
+    train.main([*common, "--steps", "3", "--n-embed", "16"])
+    assert train.load_metadata(out)["steps"] == "3"
+    train.main([*common, "--steps", "2", "--resume", str(out), "--n-embed", "24"])
+    model = pack_module("nodes.vq.loader").load_vqgan(str(out))
+    assert train.load_metadata(out)["steps"] == "5" and model.quantize.embedding.weight.shape[0] == 24

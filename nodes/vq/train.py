@@ -4,11 +4,15 @@ The result loads with ``loader.load_vqgan`` like any released taming checkpoint.
 from taming's (no GAN loss, and no VGG: its weights are not on any registry) but the inference
 model is the same architecture and key layout:
 
-* reconstruction loss: L1 + MSE on random crops (random scale, horizontal flips), optionally plus a
-  perceptual loss on offline EfficientNet-lite0 features (``--perceptual``, ``perceptual.py``);
+* reconstruction loss: L1 + MSE on random crops (random scale, horizontal flips, optionally colour
+  jitter: ``--colour-jitter``), optionally plus a perceptual loss on offline EfficientNet-lite0
+  features (``--perceptual``, ``perceptual.py``);
 * codebook: exponential-moving-average updates with dead-code restarts from the batch latents,
   which keeps every code in use (a plain learned codebook collapses to a handful of codes);
 * commitment loss beta * ||z - sg(e)||^2 with straight-through gradients.
+
+``--device cuda`` trains on a GPU (the network in bf16 autocast, the codebook search in fp32); the
+step itself never waits for the host: statistics stay on the device until they are printed.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -43,10 +48,13 @@ def load_images(paths: list[pathlib.Path], max_side: int) -> list[torch.Tensor]:
 
 
 class CropSampler:
-    """Random crops at random scales (1x to 1/max_down) with horizontal flips."""
+    """Random crops at random scales (1x to 1/max_down) with horizontal flips; with ``colour_jitter``
+    that share of the crops also gets a random hue rotation and saturation change, so the codebook
+    learns colours the pictures lack (a green the training set never shows must not come back brown)."""
 
-    def __init__(self, images: list[torch.Tensor], crop: int, max_down: float, seed: int):
-        self.images, self.crop, self.max_down = images, crop, max_down
+    def __init__(self, images: list[torch.Tensor], crop: int, max_down: float, seed: int,
+                 colour_jitter: float = 0.0):
+        self.images, self.crop, self.max_down, self.colour_jitter = images, crop, max_down, colour_jitter
         self.rng = random.Random(seed)
 
     def one(self) -> torch.Tensor:
@@ -60,10 +68,19 @@ class CropSampler:
             patch = F.interpolate(patch, size=(self.crop, self.crop), mode="area")
         if self.rng.random() < 0.5:
             patch = patch.flip(-1)
+        if self.rng.random() < self.colour_jitter:
+            patch = jitter_colour(patch, self.rng.uniform(-0.5, 0.5), self.rng.uniform(0.5, 1.5))
         return patch[0]
 
     def batch(self, n: int) -> torch.Tensor:
         return torch.stack([self.one() for _ in range(n)])
+
+
+def jitter_colour(x_bchw: torch.Tensor, hue: float, saturation: float) -> torch.Tensor:
+    """Rotate the hue by ``hue`` turns and scale the saturation by ``saturation`` ([-1, 1] in and out)."""
+    x01 = (x_bchw + 1.0) / 2.0
+    x01 = TF.adjust_saturation(TF.adjust_hue(x01.clamp(0.0, 1.0), hue), saturation)
+    return x01 * 2.0 - 1.0
 
 
 class EMACodebook:
@@ -72,9 +89,9 @@ class EMACodebook:
     def __init__(self, model: VQGAN, decay: float = 0.99, restart_after: int = 50):
         weight = model.quantize.embedding.weight
         self.weight, self.decay, self.restart_after = weight, decay, restart_after
-        self.cluster_size = torch.ones(weight.shape[0])
+        self.cluster_size = torch.ones(weight.shape[0], device=weight.device)
         self.embed_sum = weight.detach().clone()
-        self.idle_steps = torch.zeros(weight.shape[0], dtype=torch.long)
+        self.idle_steps = torch.zeros(weight.shape[0], dtype=torch.long, device=weight.device)
 
     @torch.no_grad()
     def update(self, z_nc: torch.Tensor, idx_n: torch.Tensor) -> None:
@@ -87,37 +104,41 @@ class EMACodebook:
         smoothed = (self.cluster_size + 1e-5) / (n + k * 1e-5) * n
         self.weight.copy_(self.embed_sum / smoothed.unsqueeze(1))
         self.idle_steps = torch.where(counts_k > 0, torch.zeros_like(self.idle_steps), self.idle_steps + 1)
-        dead = (self.idle_steps >= self.restart_after).nonzero().flatten()
-        if len(dead):
-            picks = z_nc[torch.randint(len(z_nc), (len(dead),))]
-            self.weight[dead] = picks
-            self.embed_sum[dead] = picks
-            self.cluster_size[dead] = 1.0
-            self.idle_steps[dead] = 0
+        # restart idle codes at random batch latents, as a masked update (no host sync on a GPU)
+        dead_k1 = (self.idle_steps >= self.restart_after).unsqueeze(1)
+        picks_kc = z_nc[torch.randint(len(z_nc), (k,), device=z_nc.device)]
+        self.weight.copy_(torch.where(dead_k1, picks_kc, self.weight))
+        self.embed_sum.copy_(torch.where(dead_k1, picks_kc, self.embed_sum))
+        self.cluster_size.copy_(torch.where(dead_k1[:, 0], torch.ones_like(self.cluster_size), self.cluster_size))
+        self.idle_steps.masked_fill_(dead_k1[:, 0], 0)
 
 
 def train_step(model: VQGAN, codebook: EMACodebook, opt: torch.optim.Optimizer, x_bchw: torch.Tensor,
-               beta: float = 0.25, perceptual=None, perceptual_weight: float = 0.0) -> dict:
-    z_bchw = model.quant_conv(model.encoder(x_bchw))
-    idx_bhw = model.quantize.indices(z_bchw.detach())
+               beta: float = 0.25, perceptual=None, perceptual_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    """One step; returns detached 0-d tensors (read them only when printing: on a GPU that syncs)."""
+    autocast = torch.autocast(x_bchw.device.type, dtype=torch.bfloat16, enabled=x_bchw.device.type == "cuda")
+    with autocast:
+        z_bchw = model.quant_conv(model.encoder(x_bchw)).float()
+    idx_bhw = model.quantize.indices(z_bchw.detach())      # the nearest-code search stays in fp32
     e_bchw = model.quantize.lookup(idx_bhw).detach()
     z_q = z_bchw + (e_bchw - z_bchw).detach()            # straight-through estimator
-    recon = model.decode(z_q)
+    with autocast:
+        recon = model.decode(z_q).float()
     rec_loss = (recon - x_bchw).abs().mean() + F.mse_loss(recon, x_bchw)
     commit = F.mse_loss(z_bchw, e_bchw)
     loss = rec_loss + beta * commit
     stats = {}
     if perceptual is not None and perceptual_weight > 0:
-        seen = perceptual(recon, x_bchw)
+        with autocast:
+            seen = perceptual(recon, x_bchw).float()
         loss = loss + perceptual_weight * seen
-        stats["perceptual"] = float(seen.detach())
+        stats["perceptual"] = seen.detach()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     codebook.update(z_bchw.detach().permute(0, 2, 3, 1).reshape(-1, z_bchw.shape[1]), idx_bhw.flatten())
-    used = int(torch.unique(idx_bhw).numel())
-    return {"loss": float(loss.detach()), "rec": float(rec_loss.detach()), "commit": float(commit.detach()),
-            **stats, "codes_used": used}
+    used = (torch.bincount(idx_bhw.flatten(), minlength=codebook.weight.shape[0]) > 0).sum()
+    return {"loss": loss.detach(), "rec": rec_loss.detach(), "commit": commit.detach(), **stats, "codes_used": used}
 
 
 @torch.no_grad()
@@ -152,7 +173,7 @@ def grow_codebook(model: VQGAN, sampler: CropSampler, batch: int, n_embed: int) 
 
 def save_vqgan(model: VQGAN, path: pathlib.Path, metadata: dict) -> None:
     """Save in the taming key layout; fp16 halves the shipped size (the loader casts back)."""
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v, default=str)
                                           for k, v in metadata.items()})
 
@@ -186,13 +207,17 @@ def main(argv=None):
     p.add_argument("--perceptual", type=float, default=0.0,
                    help="weight of the EfficientNet-lite0 perceptual loss (0 = pixel losses only)")
     p.add_argument("--save-every", type=int, default=100, help="also save every this many steps")
+    p.add_argument("--colour-jitter", type=float, default=0.0,
+                   help="share of the crops given a random hue rotation and saturation change (e.g. 0.3)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     files = sorted(f for src in args.images for f in ([src] if src.is_file() else src.rglob("*"))
                    if f.suffix.lower() in IMAGE_SUFFIXES)
-    sampler = CropSampler(load_images(files, args.max_side), args.crop, args.max_down, args.seed)
+    sampler = CropSampler(load_images(files, args.max_side), args.crop, args.max_down, args.seed, args.colour_jitter)
     levels = tuple(int(m) for m in args.ch_mult.split(","))
     cfg = VQGANConfig(ch=args.ch, ch_mult=levels, num_res_blocks=1, attn_levels=(len(levels) - 1,),
                       z_channels=args.z_channels, embed_dim=args.embed_dim, n_embed=args.n_embed or 512)
@@ -204,11 +229,12 @@ def main(argv=None):
     else:
         model = VQGAN(cfg).train()
         init_codebook_from_data(model, sampler, args.batch)
+    model.to(device)
     codebook = EMACodebook(model)
     perceptual = None
     if args.perceptual > 0:
         from .perceptual import PerceptualLoss
-        perceptual = PerceptualLoss()
+        perceptual = PerceptualLoss().to(device)
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
@@ -218,12 +244,13 @@ def main(argv=None):
     start = time.time()
     step = 0
     while step < args.steps and time.time() - start < args.minutes * 60:
-        stats = train_step(model, codebook, opt, sampler.batch(args.batch), perceptual=perceptual,
-                           perceptual_weight=args.perceptual)
+        stats = train_step(model, codebook, opt, sampler.batch(args.batch).to(device, non_blocking=True),
+                           perceptual=perceptual, perceptual_weight=args.perceptual)
         sched.step()
         step += 1
         if step % 50 == 0 or step == 1:
-            print(json.dumps({"step": step, "min": round((time.time() - start) / 60, 2), **stats}), flush=True)
+            print(json.dumps({"step": step, "min": round((time.time() - start) / 60, 2),
+                              **{k: round(v.item(), 5) for k, v in stats.items()}}), flush=True)
         if step % args.save_every == 0:
             save_vqgan(model, args.out, {**metadata, "steps": previous + step})
     save_vqgan(model.eval(), args.out, {**metadata, "steps": previous + step})
