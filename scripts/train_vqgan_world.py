@@ -18,7 +18,6 @@ On a GPU machine (16 cores), one command that fits a 10-minute slot and leaves t
 import argparse
 import multiprocessing
 import pathlib
-import sys
 import tempfile
 
 from PIL import Image

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from packpath import pack_module
 
@@ -95,3 +94,19 @@ def test_video_layers_move_with_parallax_and_the_clouds_drift():
     top = slice(0, painted.horizon_px)
     assert np.abs(frames[2, top] - frames[0, top]).mean() > 0.5          # the clouds drift on their own
     assert np.array_equal(frames[2, solid_rows[0]], frames[0, solid_rows[0]])   # no pan: the land stands
+
+
+def test_video_training_clips_pan_one_token_a_frame_and_say_when_the_sun_sinks():
+    """The text-to-video model's clips: the camera pans right by one 16-px token per frame, so the
+    nearest layer (the ground) moves exactly one token column left; sinking-sun clips say so."""
+    from train_infinity_world_video import FRAMES, PAN_PX, world_clip
+    seed = next(s for s in range(100) if scene_mod.sample_scene(s).water == "none" and scene_mod.sample_scene(s).forest)
+    frames, caption = world_clip(seed)
+    assert frames.shape == (FRAMES, 256, 384, 3) and frames.dtype == np.uint8 and PAN_PX == 16
+    assert caption == world_clip(seed)[1] and caption.startswith(caption[0].upper())
+    forest_rgba = render.paint_layers(scene_mod.sample_scene(seed), 4 * 384, 256).layers[-1][0]
+    row = next(y for y in range(256) if forest_rgba[y, :, 3].min() == 1.0)      # fully covered by the forest
+    for t in range(FRAMES - 1):                                                  # parallax 1: one token a frame
+        assert np.array_equal(frames[t + 1, row, :-PAN_PX], frames[t, row, PAN_PX:])
+    sinking = [seed for seed in range(60) if world_clip(seed, 64, 64, 2)[1].endswith("the sun going down")]
+    assert sinking and all(scene_mod.sample_scene(s).time in ("golden hour", "sunset") for s in sinking)
