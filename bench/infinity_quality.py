@@ -60,7 +60,7 @@ vq_loader = pack_module("nodes.vq.loader")
 HEIGHT = 512            # two 256-px patch rows
 CONTEXT_COLS, CONTINUE_COLS = 4, 2
 EXTENTS = config_mod.Extents(1, 1, 0)
-SAMPLING = dict(temperature=1.0, top_k=64)
+SAMPLING = dict(temperature=1.0, top_k=64)         # the Generate Canvas node's defaults (--temperature, --top-k)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -204,7 +204,10 @@ def main(argv=None) -> dict:
     p.add_argument("--world-reference", type=int, default=32,
                    help="--material world: training panoramas whose codes make the never-seen-pairs reference")
     p.add_argument("--save-examples", type=pathlib.Path, help="write one canvas and one outpainting per model here")
+    p.add_argument("--temperature", type=float, default=SAMPLING["temperature"], help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=SAMPLING["top_k"], help="sampling top-k (0 = all codes)")
     args = p.parse_args(argv)
+    SAMPLING.update(temperature=args.temperature, top_k=args.top_k)
     torch.set_num_threads(args.threads)
     models = dict(item.split("=", 1) for item in args.model) or {"shipped": str(DEMO_MODEL)}
     vqgan = vq_loader.load_vqgan(args.vqgan).eval()
@@ -244,6 +247,7 @@ def main(argv=None) -> dict:
     reference_h, reference_v = metrics.pair_set(train_maps, "horizontal"), metrics.pair_set(train_maps, "vertical")
     half = len(held_crops) // 2
     result = {"config": {"material": args.material, "canvases": args.canvases, "seeds": args.seeds, "wrap_canvases": args.wrap_canvases,
+                         **SAMPLING,
                          "max_crops": args.max_crops,
                          "threads": args.threads, "patch_px": patch_px},
               "reference": {

@@ -15,7 +15,7 @@ import time
 from comfy_server import ROOT, ComfyServer
 
 DEMO_WORKFLOWS = ["infinity_panorama", "infinity_text_panorama", "infinity_outpaint_4dir", "infinity_animate",
-                  "vqgan_roundtrip"]
+                  "infinity_text_to_video", "vqgan_roundtrip"]
 WORKFLOWS = ROOT / "workflows"
 
 

@@ -82,3 +82,34 @@ def test_world_text_model_draws_night_darker_than_day(vqgan):
         brightness[prompt] = np.mean(values)
     night, day = brightness.values()
     assert night + 0.1 < day, brightness
+
+
+WORLD_VIDEO = ROOT / "models" / "infinity" / "boundless_world_video_text.safetensors"
+
+
+@pytest.mark.skipif(not WORLD_VIDEO.is_file(), reason="demo-world video model not trained yet")
+def test_world_video_model_is_a_text_conditioned_video_model_of_the_world_tokenizer(vqgan):
+    model = checkpoint.load_infinity(str(WORLD_VIDEO))
+    assert model.tokenizer == fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)
+    assert (model.config.patch_h, model.config.patch_w) == (8, 8) and model.config.frame_align
+    assert model.config.trained_extents.as_tuple() == (1, 1, 1) and model.config.text_dim == 384
+
+
+@pytest.mark.skipif(not WORLD_VIDEO.is_file(), reason="demo-world video model not trained yet")
+def test_world_video_model_paints_a_night_clip_darker_than_a_day_clip(vqgan):
+    """Three 256-px frames from each prompt, sampled as the text-to-video workflow does (temperature 0.7,
+    top-k 16); the night clip is darker over all its frames (two seeds each)."""
+    state_mod, config_mod = pack_module("nodes.infinity.state"), pack_module("nodes.infinity.config")
+    model = checkpoint.load_infinity(str(WORLD_VIDEO)).eval()
+    encoder = minilm.load_text_encoder(minilm.default_path())
+    brightness = {}
+    for prompt in ("a mountain range above a calm lake at night", "a mountain range above a calm lake in bright daylight"):
+        values = []
+        for seed in (0, 1):
+            state = state_mod.plan_fill(state_mod.empty_state(model, 2, 2, 3, 1, config_mod.Extents(1, 1, 1)), "right")
+            sampler.run(model, state, seed=seed, text=encoder.encode([prompt]).states, temperature=0.7, top_k=16)
+            with torch.no_grad():
+                values.append(float(vqgan.decode_indices(state.tokens[0]).clamp(-1, 1).mean()))
+        brightness[prompt] = np.mean(values)
+    night, day = brightness.values()
+    assert night + 0.2 < day, brightness
