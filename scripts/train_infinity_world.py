@@ -102,11 +102,16 @@ def world_tokens(seeds: range, size: tuple[int, int], vqgan_path: pathlib.Path, 
             maps.append(tokens)
             if len(maps) % 25 == 0:
                 print(f"[world] tokenized {len(maps)}/{len(seeds)}", flush=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
     tensors["tokens"] = torch.stack(maps).long()
+    return save_cache(path, tensors, metadata)
+
+
+def save_cache(path: pathlib.Path, tensors: dict, metadata: dict) -> pathlib.Path:
+    """Write a token cache file whole or not at all (a killed run never leaves half a cache behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-    partial.rename(path)                      # a killed run never leaves a half-written cache behind
+    partial.rename(path)
     return path
 
 

@@ -28,9 +28,8 @@ import pathlib
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-
 from packpath import ROOT, pack_module
+from train_infinity_world import save_cache
 
 VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
 OUT = ROOT / "models" / "infinity" / "boundless_world_video_text.safetensors"
@@ -96,11 +95,7 @@ def clip_tokens(seeds: range, vqgan_path: pathlib.Path, cache: pathlib.Path, job
                "null_text": encoder.encode([""]).states[0]}
     metadata = {"tokenizer": identity, "factor": str(vqgan.factor), "seeds": f"{seeds.start}:{seeds.stop}",
                 "text_encoder": encoder.name, "frames": str(FRAMES), "pan_px": str(PAN_PX)}
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-    partial.rename(path)                      # a killed run never leaves a half-written cache behind
-    return path
+    return save_cache(path, tensors, metadata)
 
 
 def main(argv=None) -> None:
