@@ -253,6 +253,8 @@ def main(argv=None) -> dict:
               "reference": {
                   "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
                   "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),
+                  "round_trip_seam_vertical_90ci": [round(v, 3) for v in
+                                                    metrics.seam_ratio_interval(round_trips, patch_px, "vertical")],
                   "round_trip_seam_vertical_vs_token_boundaries": round(
                       metrics.seam_ratio(round_trips, patch_px, "vertical", vqgan.factor), 3),
                   "held_out_never_seen_h": metrics.never_seen_pairs(held_maps, reference_h, pw, "horizontal"),
@@ -305,6 +307,8 @@ def main(argv=None) -> dict:
         generation = {
             "seam_vertical": round(metrics.seam_ratio(images, patch_px, "vertical"), 3),
             "seam_horizontal": round(metrics.seam_ratio(images, patch_px, "horizontal"), 3),
+            "seam_vertical_90ci": [round(v, 3) for v in metrics.seam_ratio_interval(images, patch_px, "vertical")],
+            "seam_horizontal_90ci": [round(v, 3) for v in metrics.seam_ratio_interval(images, patch_px, "horizontal")],
             "seam_vertical_vs_token_boundaries": round(metrics.seam_ratio(images, patch_px, "vertical", vqgan.factor), 3),
             "never_seen_h": metrics.never_seen_pairs(canvases, reference_h, pw, "horizontal"),
             "never_seen_v": metrics.never_seen_pairs(canvases, reference_v, ph, "vertical"),

@@ -15,14 +15,9 @@ def column_steps(image_hw3: torch.Tensor) -> torch.Tensor:
     return (grey_hw[:, 1:] - grey_hw[:, :-1]).abs().mean(0)
 
 
-def seam_ratio(images: list[torch.Tensor], period: int, axis: str = "vertical", token_px: int = 0) -> float:
-    """Mean step at the columns that start a patch (x = k·period, k >= 1) ÷ mean step at the others.
-
-    ``axis`` "horizontal" measures rows instead. With ``token_px`` the denominator is the step at the
-    other token boundaries only (x = k·token_px, not a patch start), which cancels any token-grid
-    pattern of the decoder. Steps are pooled over all images.
-    """
-    at, other = [], []
+def _seam_sums(images: list[torch.Tensor], period: int, axis: str, token_px: int) -> np.ndarray:
+    """Per image: [sum of steps at patch starts, their count, sum of the other steps, their count]."""
+    rows = []
     for image in images:
         if axis == "horizontal":
             image = image.transpose(0, 1)
@@ -30,9 +25,33 @@ def seam_ratio(images: list[torch.Tensor], period: int, axis: str = "vertical", 
         x = torch.arange(1, steps.shape[0] + 1)
         boundary = x % period == 0
         rest = ~boundary if not token_px else (x % token_px == 0) & ~boundary
-        at.append(steps[boundary])
-        other.append(steps[rest])
-    return float(torch.cat(at).mean() / torch.cat(other).mean())
+        rows.append([float(steps[boundary].sum()), int(boundary.sum()), float(steps[rest].sum()), int(rest.sum())])
+    return np.array(rows, dtype=np.float64)
+
+
+def seam_ratio(images: list[torch.Tensor], period: int, axis: str = "vertical", token_px: int = 0) -> float:
+    """Mean step at the columns that start a patch (x = k·period, k >= 1) ÷ mean step at the others.
+
+    ``axis`` "horizontal" measures rows instead. With ``token_px`` the denominator is the step at the
+    other token boundaries only (x = k·token_px, not a patch start), which cancels any token-grid
+    pattern of the decoder. Steps are pooled over all images.
+    """
+    at_sum, at_n, other_sum, other_n = _seam_sums(images, period, axis, token_px).sum(0)
+    return float((at_sum / at_n) / (other_sum / other_n))
+
+
+def seam_ratio_interval(images: list[torch.Tensor], period: int, axis: str = "vertical", token_px: int = 0,
+                        rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """90 % bootstrap interval of ``seam_ratio`` over the images (resampled with replacement).
+
+    Seams differ a lot from one canvas to the next, so a ratio from a dozen canvases moves by
+    tenths between runs; compare models only where their intervals say so."""
+    sums = _seam_sums(images, period, axis, token_px)
+    picks = np.random.default_rng(seed).integers(0, len(sums), size=(rounds, len(sums)))
+    at_sum, at_n, other_sum, other_n = (sums[picks].sum(1)).T
+    ratios = (at_sum / at_n) / (other_sum / other_n)
+    low, high = np.quantile(ratios, [0.05, 0.95])
+    return float(low), float(high)
 
 
 def pair_set(maps: list[torch.Tensor], axis: str = "horizontal") -> set[tuple[int, int]]:

@@ -16,6 +16,11 @@ For each VQGAN given (``--vqgan NAME=PATH``, default the shipped demo VQGAN), in
   megapixel (isolated outlier pixels, ``shared/specs/quality_metrics.md``) with the share on the
   16-px token grid, and the error in the outer 4-px frame and in the 16-px corner blocks ÷ the
   error inside (border lines and corner spots show as ratios well above 1).
+* **Locality** of the codes, on the world panoramas: the share of tokens that stay the same when the
+  left half is encoded alone (all of it, and its last two token columns at the cut), and when the
+  picture is encoded without its first token column (a one-token camera pan); for a tokenizer with
+  the first one's codebook, also the share of whole-picture tokens equal to the first one's (its
+  token maps, and the models trained on them, stay valid).
 
 Prints JSON. Run: ``.venv/bin/python bench/tokenizer.py --vqgan shipped=A.safetensors --vqgan new=B.safetensors``
 """
@@ -106,6 +111,20 @@ def frame_and_corner_ratios(recon_hw3: torch.Tensor, truth_hw3: torch.Tensor) ->
     return float(frame / inside), corners / float(inside)
 
 
+@torch.no_grad()
+def locality(vqgan, image_hw3: torch.Tensor) -> dict[str, float]:
+    """Shares of tokens unchanged when a crop is encoded alone (see the module docstring)."""
+    x = image_hw3.permute(2, 0, 1)[None] * 2 - 1
+    f = vqgan.factor
+    whole_hw = vqgan.encode_indices(x)[0]
+    half = whole_hw.shape[1] // 2
+    left_hw = vqgan.encode_indices(x[..., :half * f])[0]
+    shifted_hw = vqgan.encode_indices(x[..., f:])[0]
+    return {"crop_all": float((left_hw == whole_hw[:, :half]).float().mean()),
+            "crop_cut": float((left_hw[:, -2:] == whole_hw[:, half - 2:half]).float().mean()),
+            "shift": float((shifted_hw == whole_hw[:, 1:]).float().mean())}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vqgan", action="append", default=[], help="NAME=PATH of a taming-layout VQGAN (repeatable)")
@@ -126,8 +145,13 @@ def main(argv=None) -> dict:
                   features([c for image in other_world for c in metrics.crops(image)]), world_feat), 2),
                   "world_speckle_per_mpx": round(float(np.mean([speckle(image)[0] for image in world])), 1),
                   "photo_speckle_per_mpx": {k: round(v, 1) for k, v in real_speckle.items()}}}
+    first_codes = None
     for name, path in tokenizers.items():
         vqgan = vq_loader.load_vqgan(path).float().eval()
+        codes = vqgan.quantize.embedding.weight
+        if first_codes is None:
+            first_codes, first_maps = codes, [vqgan.encode_indices(image.permute(2, 0, 1)[None] * 2 - 1)
+                                              for image in world]
         trips = [round_trip(vqgan, image) for image in world]
         trip_feat = features([c for image in trips for c in metrics.crops(image)])
         kid, spread = metrics.kernel_inception_distance(trip_feat, world_feat)
@@ -138,6 +162,12 @@ def main(argv=None) -> dict:
                          "fed": round(metrics.frechet_distance(trip_feat, world_feat), 2),
                          "kid_x1e3": round(kid, 2), "kid_spread": round(spread, 2)},
                "photos": {}}
+        local = [locality(vqgan, image) for image in world]
+        row["locality"] = {k: round(float(np.mean([entry[k] for entry in local])), 3) for k in local[0]}
+        if codes.shape == first_codes.shape and torch.equal(codes, first_codes):
+            row["locality"]["same_as_first"] = round(float(np.mean([
+                (vqgan.encode_indices(image.permute(2, 0, 1)[None] * 2 - 1) == first).float().mean()
+                for image, first in zip(world, first_maps)])), 3)
         for photo, image in pictures.items():
             trip = round_trip(vqgan, image)
             per_mpx, on_grid = speckle(trip)

@@ -21,6 +21,7 @@ trained on the same tokenizer.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import pathlib
 
@@ -85,7 +86,7 @@ def world_tokens(seeds: range, size: tuple[int, int], vqgan_path: pathlib.Path, 
     vqgan = vq_loader.load_vqgan(str(vqgan_path)).eval()
     identity = tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)
     kind = "captioned_" if captions else ""
-    path = cache / f"world_{kind}{seeds.start}_{seeds.stop}_{size[0]}x{size[1]}_{identity[-12:]}.safetensors"
+    path = cache / f"world_{kind}{seeds.start}_{seeds.stop}_{size[0]}x{size[1]}_{cache_key(vqgan)}.safetensors"
     if path.is_file():
         return path
     tensors, metadata = {}, {"tokenizer": identity, "factor": str(vqgan.factor), "seeds": f"{seeds.start}:{seeds.stop}"}
@@ -104,6 +105,18 @@ def world_tokens(seeds: range, size: tuple[int, int], vqgan_path: pathlib.Path, 
                 print(f"[world] tokenized {len(maps)}/{len(seeds)}", flush=True)
     tensors["tokens"] = torch.stack(maps).long()
     return save_cache(path, tensors, metadata)
+
+
+def cache_key(vqgan) -> str:
+    """The file-name key of a token cache: the codebook's fingerprint (what token maps are compatible
+    with) and a hash of the encoder (two tokenizers sharing a codebook may still encode differently,
+    e.g. a local-code student of ``scripts/train_vqgan_local.py`` and its teacher)."""
+    tokens_mod, vq_loader = pack_module("nodes.common.tokens"), pack_module("nodes.vq.loader")
+    codebook = tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)[-12:]
+    encoder = hashlib.sha1()
+    for name, tensor in sorted({**vqgan.encoder.state_dict(), **vqgan.quant_conv.state_dict()}.items()):
+        encoder.update(name.encode() + tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return f"{codebook}_{encoder.hexdigest()[:8]}"
 
 
 def save_cache(path: pathlib.Path, tensors: dict, metadata: dict) -> pathlib.Path:

@@ -29,7 +29,7 @@ import pathlib
 import numpy as np
 import torch
 from packpath import ROOT, pack_module
-from train_infinity_world import save_cache
+from train_infinity_world import cache_key, save_cache
 
 VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
 OUT = ROOT / "models" / "infinity" / "boundless_world_video_text.safetensors"
@@ -60,29 +60,34 @@ def world_clip(seed: int, width: int = VIEW[0], height: int = VIEW[1], frames: i
 _WORKER: dict = {}
 
 
-def _start_worker(vqgan_path: str) -> None:
+def _start_worker(vqgan_path: str, stability: float) -> None:
     torch.set_num_threads(1)
     _WORKER["vqgan"] = pack_module("nodes.vq.loader").load_vqgan(vqgan_path).eval()
+    _WORKER["stability"] = stability
 
 
 def _tokenize_clip(seed: int) -> tuple[torch.Tensor, str]:
     pictures, caption = world_clip(seed)
     frames_f3hw = torch.from_numpy(pictures).float().div(127.5).sub(1.0).permute(0, 3, 1, 2)
     with torch.no_grad():
-        tokens = pack_module("nodes.vq.temporal").encode_frames_stable(_WORKER["vqgan"], frames_f3hw, STABILITY)
+        tokens = pack_module("nodes.vq.temporal").encode_frames_stable(_WORKER["vqgan"], frames_f3hw,
+                                                                          _WORKER["stability"])
     return tokens, caption
 
 
-def clip_tokens(seeds: range, vqgan_path: pathlib.Path, cache: pathlib.Path, jobs: int = 1) -> pathlib.Path:
+def clip_tokens(seeds: range, vqgan_path: pathlib.Path, cache: pathlib.Path, jobs: int = 1,
+                stability: float = STABILITY) -> pathlib.Path:
     """A token file (``tokens`` int64 ``[N, F, h, w]``, MiniLM ``text`` ``[N, L, C]`` and ``null_text``)
-    of the clips of ``seeds``, made once per tokenizer and seed range."""
+    of the clips of ``seeds``, made once per tokenizer, seed range and temporal ``stability``."""
     vq_loader, tokens_mod = pack_module("nodes.vq.loader"), pack_module("nodes.common.tokens")
     vqgan = vq_loader.load_vqgan(str(vqgan_path)).eval()
     identity = tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)
-    path = cache / f"world_video_{seeds.start}_{seeds.stop}_{FRAMES}x{VIEW[0]}x{VIEW[1]}_{identity[-12:]}.safetensors"
+    hysteresis = "" if stability == STABILITY else f"s{stability:g}_"
+    path = cache / (f"world_video_{seeds.start}_{seeds.stop}_{FRAMES}x{VIEW[0]}x{VIEW[1]}_{hysteresis}"
+                    f"{cache_key(vqgan)}.safetensors")
     if path.is_file():
         return path
-    with multiprocessing.get_context("spawn").Pool(jobs, _start_worker, (str(vqgan_path),)) as pool:
+    with multiprocessing.get_context("spawn").Pool(jobs, _start_worker, (str(vqgan_path), stability)) as pool:
         maps, captions = [], []
         for tokens, caption in pool.imap(_tokenize_clip, seeds):
             maps.append(tokens)
@@ -94,7 +99,8 @@ def clip_tokens(seeds: range, vqgan_path: pathlib.Path, cache: pathlib.Path, job
     tensors = {"tokens": torch.stack(maps).long(), "text": encoder.encode(captions).states,
                "null_text": encoder.encode([""]).states[0]}
     metadata = {"tokenizer": identity, "factor": str(vqgan.factor), "seeds": f"{seeds.start}:{seeds.stop}",
-                "text_encoder": encoder.name, "frames": str(FRAMES), "pan_px": str(PAN_PX)}
+                "text_encoder": encoder.name, "frames": str(FRAMES), "pan_px": str(PAN_PX),
+                "stability": str(stability)}
     return save_cache(path, tensors, metadata)
 
 
@@ -105,9 +111,11 @@ def main(argv=None) -> None:
     parser.add_argument("--vqgan", type=pathlib.Path, default=VQGAN)
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
     parser.add_argument("--cache", type=pathlib.Path, default=CACHE)
+    parser.add_argument("--stability", type=float, default=STABILITY,
+                        help="temporal hysteresis of the training tokens (VQGAN Encode's temporal_stability)")
     args, rest = parser.parse_known_args(argv)
     torch.set_num_threads(1)
-    train_file = clip_tokens(range(args.clips), args.vqgan, args.cache, args.jobs)
+    train_file = clip_tokens(range(args.clips), args.vqgan, args.cache, args.jobs, args.stability)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pack_module("nodes.infinity.train").main(["--tokens", str(train_file), "--out", str(args.out),
                                               *DEFAULTS, *rest])

@@ -29,6 +29,24 @@ def test_seam_ratio_sees_a_step_at_patch_starts_only():
     assert metrics.seam_ratio([grid], 32) > 5
 
 
+def test_seam_ratio_interval_brackets_the_pooled_ratio_and_widens_with_disagreeing_images():
+    torch.manual_seed(1)
+    noise = [torch.rand(64, 96, 3) * 0.2 for _ in range(8)]
+    alike = [image.clone() for image in noise]
+    for image in alike:
+        image[:, 32:64] += 0.3
+    mixed = [image.clone() for image in noise]
+    for image in mixed[:4]:
+        image[:, 32:64] += 0.6                       # half the canvases seamed, half clean
+    for images in (alike, mixed):
+        low, high = metrics.seam_ratio_interval(images, 32)
+        assert low <= metrics.seam_ratio(images, 32) <= high
+    alike_low, alike_high = metrics.seam_ratio_interval(alike, 32)
+    mixed_low, mixed_high = metrics.seam_ratio_interval(mixed, 32)
+    assert mixed_high - mixed_low > 3 * (alike_high - alike_low)
+    assert metrics.seam_ratio_interval(mixed, 32, seed=0) == metrics.seam_ratio_interval(mixed, 32, seed=0)
+
+
 def test_never_seen_pairs_split_across_and_inside_patches():
     reference = {(0, 1), (1, 0)}
     tokens = torch.tensor([[0, 1, 2, 3]])            # patch 2: pairs (0,1) (2,3) inside, (1,2) across

@@ -29,6 +29,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from safetensors.torch import save_file
 
+from .local_encoder import consistency_loss
 from .vqgan import VQGAN, VQGANConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -114,8 +115,11 @@ class EMACodebook:
 
 
 def train_step(model: VQGAN, codebook: EMACodebook, opt: torch.optim.Optimizer, x_bchw: torch.Tensor,
-               beta: float = 0.25, perceptual=None, perceptual_weight: float = 0.0) -> dict[str, torch.Tensor]:
-    """One step; returns detached 0-d tensors (read them only when printing: on a GPU that syncs)."""
+               beta: float = 0.25, perceptual=None, perceptual_weight: float = 0.0,
+               consistency_weight: float = 0.0, rng: random.Random | None = None) -> dict[str, torch.Tensor]:
+    """One step; returns detached 0-d tensors (read them only when printing: on a GPU that syncs).
+    With ``consistency_weight``, a sub-crop encoded alone is pulled to the crop's codes
+    (``local_encoder.consistency_loss``), so codes do not depend on what lies around them."""
     autocast = torch.autocast(x_bchw.device.type, dtype=torch.bfloat16, enabled=x_bchw.device.type == "cuda")
     with autocast:
         z_bchw = model.quant_conv(model.encoder(x_bchw)).float()
@@ -133,6 +137,11 @@ def train_step(model: VQGAN, codebook: EMACodebook, opt: torch.optim.Optimizer, 
             seen = perceptual(recon, x_bchw).float()
         loss = loss + perceptual_weight * seen
         stats["perceptual"] = seen.detach()
+    if consistency_weight > 0:
+        with autocast:
+            consistent = consistency_loss(model, x_bchw, idx_bhw, rng or random.Random())
+        loss = loss + consistency_weight * consistent
+        stats["consistency"] = consistent.detach()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -210,6 +219,8 @@ def main(argv=None):
     p.add_argument("--colour-jitter", type=float, default=0.0,
                    help="share of the crops given a random hue rotation and saturation change (e.g. 0.3)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    p.add_argument("--consistency", type=float, default=0.0,
+                   help="weight of the local-code loss: a sub-crop encoded alone must pick the crop's codes")
     args = p.parse_args(argv)
     device = torch.device(args.device)
 
@@ -245,7 +256,8 @@ def main(argv=None):
     step = 0
     while step < args.steps and time.time() - start < args.minutes * 60:
         stats = train_step(model, codebook, opt, sampler.batch(args.batch).to(device, non_blocking=True),
-                           perceptual=perceptual, perceptual_weight=args.perceptual)
+                           perceptual=perceptual, perceptual_weight=args.perceptual,
+                           consistency_weight=args.consistency, rng=sampler.rng)
         sched.step()
         step += 1
         if step % 50 == 0 or step == 1:
