@@ -71,6 +71,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--temperature", type=float, default=SAMPLING["temperature"], help="sampling temperature")
     p.add_argument("--top-k", type=int, default=SAMPLING["top_k"], help="sampling top-k (0 = all codes)")
+    p.add_argument("--stability", type=float, default=STABILITY,
+                   help="temporal hysteresis of the true clips' tokens: the one the model was trained with")
     args = p.parse_args(argv)
     SAMPLING.update(temperature=args.temperature, top_k=args.top_k)
     torch.set_num_threads(args.threads)
@@ -84,7 +86,8 @@ def main(argv=None) -> dict:
         pictures, caption = world_clip(seed, SIDE, SIDE)
         truth = torch.from_numpy(pictures).float() / 255.0                         # [F, H, W, 3]
         with torch.no_grad():
-            true_tokens = temporal.encode_frames_stable(vqgan, truth.permute(0, 3, 1, 2) * 2 - 1, STABILITY)
+            true_tokens = temporal.encode_frames_stable(vqgan, truth.permute(0, 3, 1, 2) * 2 - 1,
+                                                          args.stability)
         truth_rt = decode_frames(vqgan, true_tokens)
         truth_shift += shifts_px(truth)
         round_trip_shift += shifts_px(truth_rt)
@@ -115,7 +118,7 @@ def main(argv=None) -> dict:
                 "share_moving_left": round(float((arr < -1).mean()), 3)}
 
     result = {"config": {"model": args.model.name, "clips": args.clips, "frames": FRAMES, "side": SIDE,
-                         "seeds": f"{BENCH_SEED}:{BENCH_SEED + args.clips}", **SAMPLING},
+                         "seeds": f"{BENCH_SEED}:{BENCH_SEED + args.clips}", "stability": args.stability, **SAMPLING},
               "truth_motion": motion(truth_shift), "round_trip_motion": motion(round_trip_shift),
               "text_to_video_motion": motion(t2v_shift),
               "animation": {"motion": motion(anim_shift),
