@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "bench"))
 import metrics  # noqa: E402
 from packpath import pack_module  # noqa: E402
-from train_vqgan_world import HELD_OUT_SEED, PHOTOS, debian_photos  # noqa: E402
+from train_vqgan_world import HELD_OUT_SEED, PHOTOS, debian_photos, fit  # noqa: E402
 
 vq_loader = pack_module("nodes.vq.loader")
 DEMO_VQGAN = ROOT / "models" / "vqgan" / "boundless_demo_f16.safetensors"
@@ -51,15 +51,6 @@ FRAME_PX, CORNER_PX = 4, 16
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)       # [H, W, 3]
-
-
-def fit(image: Image.Image, short: int = 512, multiple: int = 16) -> Image.Image:
-    """Resized to ``short`` px on its short side, centre-cropped to whole tokens."""
-    scale = short / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
-    w, h = image.width // multiple * multiple, image.height // multiple * multiple
-    left, top = (image.width - w) // 2, (image.height - h) // 2
-    return image.crop((left, top, left + w, top + h))
 
 
 def world_pictures(first: int, count: int) -> list[torch.Tensor]:
@@ -164,7 +155,7 @@ def main(argv=None) -> dict:
                "photos": {}}
         local = [locality(vqgan, image) for image in world]
         row["locality"] = {k: round(float(np.mean([entry[k] for entry in local])), 3) for k in local[0]}
-        if codes.shape == first_codes.shape and torch.equal(codes, first_codes):
+        if torch.equal(codes, first_codes):
             row["locality"]["same_as_first"] = round(float(np.mean([
                 (vqgan.encode_indices(image.permute(2, 0, 1)[None] * 2 - 1) == first).float().mean()
                 for image, first in zip(world, first_maps)])), 3)

@@ -37,7 +37,11 @@ def main(argv=None) -> None:
     old_key = cache_key(vqgan)
     caches = sorted(args.cache.glob(f"*_{old_key}.safetensors"))
     if not caches:
-        raise SystemExit(f"no token caches of {args.vqgan.name} in {args.cache}: run scripts/train_infinity_world.py first")
+        raise SystemExit(f"no token caches of {args.vqgan.name} in {args.cache}: "
+                         "run scripts/train_infinity_world.py first")
+    picture = torch.from_numpy(world_picture(100_000, 1024, 512)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        old_codes = vqgan.encode_indices(picture)          # a held-out picture, before the merge
     largest = max(caches, key=lambda path: path.stat().st_size)
     usage_k = torch.bincount(load_file(str(largest))["tokens"].flatten(), minlength=vqgan.n_embed)
     assign_k, merged_ke = merge.merge_codebook(vqgan.quantize.embedding.weight, usage_k, args.codes, seed=args.seed)
@@ -47,25 +51,19 @@ def main(argv=None) -> None:
     merged = vq_loader.load_vqgan(str(args.out)).float().eval()
     remap_k = merge.representatives(assign_k)
     identity = tokens_mod.fingerprint(vq_loader.KIND, merged.quantize.embedding.weight)
+    new_key = cache_key(merged)
     for path in caches:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
         tensors["tokens"] = remap_k[tensors["tokens"]]
-        target = path.with_name(path.name.replace(old_key, cache_key(merged)))
+        target = path.with_name(path.name.replace(old_key, new_key))
         save_cache(target, tensors, {**metadata, "tokenizer": identity, "remapped_from": old_key})
         print(f"[merge] {path.name} -> {target.name}", flush=True)
-    picture = torch.from_numpy(world_picture(100_000, 1024, 512)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
     with torch.no_grad():
-        direct = merged.encode_indices(picture)
-        via_old = remap_k[vqgan_old_codes(args.vqgan, picture)]
+        agree = float((merged.encode_indices(picture) == remap_k[old_codes]).float().mean())
     print(f"[merge] {args.out.name}: {args.codes} distinct codes; remapped maps agree with the merged "
-          f"tokenizer's own on {float((direct == via_old).float().mean()):.3f} of a held-out picture's tokens", flush=True)
-
-
-def vqgan_old_codes(path: pathlib.Path, picture_b3hw: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return pack_module("nodes.vq.loader").load_vqgan(str(path)).float().eval().encode_indices(picture_b3hw)
+          f"tokenizer's own on {agree:.3f} of a held-out picture's tokens", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,20 +25,15 @@ from safetensors.torch import load_file
 from packpath import ROOT, pack_module
 from train_infinity_world import CACHE, TRAIN_SIZE, cache_key, world_picture
 from train_vqgan import panoramas_and_photos
-from train_vqgan_world import PHOTOS, debian_photos
+from train_vqgan_world import PHOTOS, debian_photos, fit
 
 TEACHER = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
 OUT = ROOT / "output" / "runs" / "boundless_world_f16_local.safetensors"
 
 
-def fit_photo(path: pathlib.Path, short: int = 512, multiple: int = 16) -> torch.Tensor:
-    """A photo at ``short`` px on its short side, centre-cropped to whole tokens, ``[3, H, W]`` in [-1, 1]."""
-    image = Image.open(path).convert("RGB")
-    scale = short / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
-    w, h = image.width // multiple * multiple, image.height // multiple * multiple
-    left, top = (image.width - w) // 2, (image.height - h) // 2
-    array = np.asarray(image.crop((left, top, left + w, top + h)), dtype=np.float32) / 127.5 - 1.0
+def photo_tensor(path: pathlib.Path) -> torch.Tensor:
+    """A photo fitted as the tokenizer benchmark fits them, ``[3, H, W]`` in [-1, 1]."""
+    array = np.asarray(fit(Image.open(path).convert("RGB")), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -64,7 +59,7 @@ def training_pictures(teacher, world: int, photos: pathlib.Path) -> list[tuple[t
     with tempfile.TemporaryDirectory() as tmp:
         files = panoramas_and_photos(pathlib.Path(tmp)) + debian_photos(photos)
         for path in files:
-            x = fit_photo(path)
+            x = photo_tensor(path)
             pictures.append((x, teacher.encode_indices(x[None])[0]))
     return pictures
 

@@ -49,6 +49,15 @@ def world_images(folder: pathlib.Path, count: int, width: int = 2048, height: in
         return [pathlib.Path(path) for path in pool.map(_render_world, work)]
 
 
+def fit(image: Image.Image, short: int = 512, multiple: int = 16) -> Image.Image:
+    """Resized to ``short`` px on its short side, centre-cropped to whole tokens."""
+    scale = short / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    w, h = image.width // multiple * multiple, image.height // multiple * multiple
+    left, top = (image.width - w) // 2, (image.height - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
 def debian_photos(folder: pathlib.Path, held_out: bool = False) -> list[pathlib.Path]:
     """The fetched Debian photographs: the training ones, or with ``held_out`` the measuring ones."""
     files = sorted(folder.glob("*.png"))

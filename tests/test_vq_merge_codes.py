@@ -35,7 +35,8 @@ def test_a_merged_tokenizer_returns_only_representatives():
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         before = model.encode_indices(x)
-        assign, merged = merge.merge_codebook(model.quantize.embedding.weight, torch.bincount(before.flatten(), minlength=32), 8)
+        usage = torch.bincount(before.flatten(), minlength=32)
+        assign, merged = merge.merge_codebook(model.quantize.embedding.weight, usage, 8)
         model.quantize.embedding.weight.copy_(merged)
         after = model.encode_indices(x)
     remap = merge.representatives(assign)

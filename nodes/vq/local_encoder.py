@@ -13,8 +13,8 @@ attention, and the student below doubles the share of crop tokens that match the
 (0.29 -> 0.61) while picking other codes among near-duplicate twins (``merge_codes.py`` removes
 those). It is a tool for experiments; ``consistency_loss`` is the form meant for training a new
 tokenizer. The student keeps everything the world models were trained on: the codebook and the
-decoder are left untouched (the same tokens decode to the same pictures), and only the encoder is fine-tuned as a
-student of the original ("teacher") one:
+decoder are left untouched (the same tokens decode to the same pictures), and only the encoder is
+fine-tuned as a student of the original ("teacher") one:
 
 * its attention blocks are switched off in place (``proj_out`` zero and frozen, so each block is the
   identity while the taming key layout stays and every loader still reads the file);
@@ -113,8 +113,8 @@ def consistency_loss(model: VQGAN, x_bchw: torch.Tensor, idx_bhw: torch.Tensor, 
     sub-crop of the batch, encoded on its own, should pick the codes the whole crop picked there.
 
     Cross-entropy over the code distances plus the squared distance to those codes, both measured
-    in units of the codebook's cell size (``code_spacing_sq``), so the loss has no units; only the sub-crop's encoding gets gradients: the whole crop's codes are the target, as in
-    ``distill_step``. The sub-crop is smaller than the crop (``min_tokens`` up to one token less)."""
+    in units of the codebook's cell size (``code_spacing_sq``), so the loss has no units; only the
+    sub-crop's encoding gets gradients: the whole crop's codes are the target, as in ``distill_step``. The sub-crop is smaller than the crop (``min_tokens`` up to one token less)."""
     f = model.factor
     h, w = idx_bhw.shape[-2:]
     th = rng.randint(min(min_tokens, h - 1), h - 1)
