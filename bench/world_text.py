@@ -16,7 +16,8 @@ Then for ``--prompts`` held-out scenes, 4×2-patch canvases (1024×512) are gene
 * a paraphrase in words no training caption uses (``paraphrase`` below),
 
 and each attribute the classifier reads from the canvas is compared with the scene's. Chance is
-printed beside it (the share of the most common value among the prompts). Prints JSON.
+printed beside it (the share of the most common value among the prompts). ``--guidance 1,3``
+repeats the canvases (same seeds) at each text-guidance scale (1 = off). Prints JSON.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import sys
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -109,6 +111,8 @@ def main(argv=None) -> dict:
     p.add_argument("--vqgan", default=str(ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"))
     p.add_argument("--classifier-scenes", type=int, default=120, help="held-out renders the classifiers fit on")
     p.add_argument("--prompts", type=int, default=24, help="held-out scenes prompted (each: caption + paraphrase)")
+    p.add_argument("--guidance", default="1", help="comma list of text-guidance scales (1 = off)")
+    p.add_argument("--save-examples", type=pathlib.Path, help="write the first 4 canvases of each setting here")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -130,17 +134,25 @@ def main(argv=None) -> dict:
               "chance": {name: round(max(np.mean([t[name] == v for t in truth]) for v in {t[name] for t in truth}), 3)
                          for name in ATTRIBUTES},
               "examples": [{"caption": scene_mod.caption(s), "paraphrase": paraphrase(s)} for s in scenes[:3]]}
-    for kind, words in (("training_style", [scene_mod.caption(s) for s in scenes]),
-                        ("paraphrase", [paraphrase(s) for s in scenes])):
-        feats = []
-        for i, prompt in enumerate(words):
-            state = sampler.generate_canvas(model, 4, 2, order="right", extents=config_mod.Extents(1, 1, 0),
-                                            text=encoder.encode([prompt]).states, seed=i, temperature=1.0, top_k=64)
-            with torch.no_grad():
-                image = ((vqgan.decode_indices(state.tokens[0, 0][None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
-            feats.append(reader.feature(image))
-        result[kind] = agreement(reader.read(np.stack(feats)), truth)
-        print(json.dumps({kind: result[kind]}), flush=True)
+    empty = encoder.encode([""]).states
+    for guidance in [float(g) for g in args.guidance.split(",")]:
+        for kind, words in (("training_style", [scene_mod.caption(s) for s in scenes]),
+                            ("paraphrase", [paraphrase(s) for s in scenes])):
+            feats = []
+            for i, prompt in enumerate(words):
+                state = sampler.generate_canvas(model, 4, 2, order="right", extents=config_mod.Extents(1, 1, 0),
+                                                text=encoder.encode([prompt]).states, seed=i, temperature=1.0,
+                                                top_k=64, guidance=guidance, empty_text=empty)
+                with torch.no_grad():
+                    image = ((vqgan.decode_indices(state.tokens[0, 0][None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
+                feats.append(reader.feature(image))
+                if args.save_examples and i < 4:
+                    args.save_examples.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(
+                        args.save_examples / f"g{guidance:g}_{kind}_{i}.png")
+            key = kind if guidance == 1.0 else f"{kind}_guidance_{guidance:g}"
+            result[key] = agreement(reader.read(np.stack(feats)), truth)
+            print(json.dumps({key: result[key]}), flush=True)
     print(json.dumps(result))
     return result
 

@@ -98,6 +98,22 @@ def test_infinity_never_waits_per_token_and_draws_the_cpu_tokens(options):
     assert torch.equal(large.tokens, reference.tokens)
 
 
+def test_infinity_text_guidance_never_waits_per_token():
+    """Guidance doubles the batch on the device; the token loop still never reads back."""
+    text_bld, empty_bld = torch.randn(1, 3, 8), torch.zeros(1, 3, 8)
+    counters = []
+    for patch in (2, 4):
+        model = tiny_model(patch_h=patch, patch_w=patch, text_dim=8)
+        with torch.no_grad(), StandInDevice() as dev:
+            model.to(STANDIN)
+            dev.reset()
+            infinity_sampler.generate_canvas(model, 3, 2, order="right", seed=5, top_k=8, text=text_bld.to(STANDIN),
+                                             guidance=3.0, empty_text=empty_bld.to(STANDIN))
+        counters.append(dev)
+    assert counters[0].syncs == counters[1].syncs, (counters[0].report(), counters[1].report())
+    assert sum(n for where, n in counters[1].where.items() if "sampler.py" in where) == 6, counters[1].report()
+
+
 # --------------------------------------------------------------------------- VAR
 @pytest.mark.parametrize("settings", [{}, {"more_smooth": True}])
 def test_var_never_waits_per_scale_and_draws_the_cpu_tokens(settings):

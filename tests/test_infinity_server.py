@@ -288,6 +288,9 @@ def test_text_to_image_and_regional_prompts(comfy):
     mixed = pixels(comfy, comfy.run(text_graph(prompt="a blue sky", region=(2, 0, 2, 1, "a stormy sea at night"))))
     assert torch.equal(mixed[:, :2 * PATCH_PX], sky[:, :2 * PATCH_PX])
     assert not torch.equal(mixed[:, 2 * PATCH_PX:], sky[:, 2 * PATCH_PX:])
+    guided = text_graph(prompt="a blue sky")
+    guided["g"]["inputs"]["text_guidance"] = 3.0
+    assert not torch.equal(pixels(comfy, comfy.run(guided)), sky)
 
 
 def test_text_errors_reach_the_user(comfy):
@@ -295,8 +298,12 @@ def test_text_errors_reach_the_user(comfy):
     del no_text["g"]["inputs"]["text"]
     text_on_plain = text_graph()
     text_on_plain["g"]["inputs"]["model"] = ["m", 0]
+    guided_plain = text_graph()
+    guided_plain["g"]["inputs"].update(model=["m", 0], text_guidance=3.0)
+    del guided_plain["g"]["inputs"]["text"]
     for graph, message in [(no_text, "text-conditioned: connect Text Encoder Loader"),
-                           (text_on_plain, "no text branch; disconnect 'text'")]:
+                           (text_on_plain, "no text branch; disconnect 'text'"),
+                           (guided_plain, "text_guidance only applies to a text-conditioned model")]:
         with pytest.raises(PromptError, match=message):
             comfy.run(graph)
 

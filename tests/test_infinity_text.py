@@ -115,3 +115,61 @@ def test_trainer_adds_text_to_an_unconditional_model_from_captions(tmp_path, enc
     (images / "sea.txt").unlink()
     with pytest.raises(errors.BoundlessError, match="caption next to every image; missing .*sea.txt"):
         train.main(args)
+
+
+def _greedy_guided_reference(model, text_bld, empty_bld, guidance: float) -> torch.Tensor:
+    """One patch sampled greedily from uncond + guidance · (cond - uncond), full forward passes."""
+    t = model.config.tokens_per_patch
+    tokens = torch.empty(1, 0, dtype=torch.int64)
+    with torch.no_grad():
+        for i in range(t):
+            cond, _ = model(tokens, [], 0, text_bld)
+            uncond, _ = model(tokens, [], 0, empty_bld)
+            mixed = uncond[:, i] + guidance * (cond[:, i] - uncond[:, i])
+            tokens = torch.cat([tokens, mixed.argmax(-1, keepdim=True)], dim=1)
+    return tokens[0]
+
+
+@pytest.mark.parametrize("decoder,use_kv_cache", [("dynamic", True), ("static", True), ("dynamic", False)])
+def test_text_guidance_mixes_prompt_and_empty_prompt_logits(encoder, decoder, use_kv_cache):
+    """Every decoder path draws each token from uncond + g · (cond - uncond), feeding it to both halves."""
+    model = text_model(4, encoder)
+    day, empty = encoder.encode(["a bright day sky"]).states, encoder.encode([""]).states
+    for guidance in (0.0, 3.0):
+        state = sampler.generate_canvas(model, 1, 1, extents=model.extents, text=day, temperature=0.0,
+                                        guidance=guidance, empty_text=empty, decoder=decoder,
+                                        use_kv_cache=use_kv_cache)
+        expected = _greedy_guided_reference(model, day, empty, guidance)
+        assert torch.equal(state.tokens.flatten(), expected)
+    plain = sampler.generate_canvas(model, 1, 1, extents=model.extents, text=day, temperature=0.0)
+    assert not torch.equal(plain.tokens.flatten(), _greedy_guided_reference(model, day, empty, 3.0))
+
+
+def test_text_guidance_zero_samples_the_empty_prompt_and_keeps_the_prompts_caches(encoder):
+    """Guidance 0 on one patch is the empty prompt's sample with the same draws; on a canvas the
+    neighbours' caches stay the prompt's, so it is not simply the unconditional canvas."""
+    model = text_model(5, encoder)
+    day, empty = encoder.encode(["a bright day sky"]).states, encoder.encode([""]).states
+    common = dict(extents=model.extents, temperature=1.0, top_k=0, seed=11)
+    zero = sampler.generate_canvas(model, 1, 1, text=day, guidance=0.0, empty_text=empty, **common)
+    unconditional = sampler.generate_canvas(model, 1, 1, text=empty, **common)
+    assert torch.equal(zero.tokens, unconditional.tokens)
+    batch = sampler.generate_canvas(model, 2, 1, batch=2, text=day, guidance=2.0, empty_text=empty, **common)
+    assert batch.tokens.shape == (2, 1, 2, 4)
+
+
+def test_text_guidance_is_refused_where_it_cannot_apply(encoder):
+    model = text_model(6, encoder)
+    day = prompts_mod.PromptMap(encoder.encode(["a day sky"]), empty=encoder.encode([""]))
+    assert conditioning.guidance_text(model, day, 1.0) is None
+    assert torch.equal(conditioning.guidance_text(model, day, 2.5), day.empty.states)
+    with pytest.raises(errors.BoundlessError, match="set text_guidance to 1"):
+        conditioning.guidance_text(tiny_model(0), None, 2.5)
+    with pytest.raises(errors.BoundlessError, match="Encode Text"):
+        conditioning.guidance_text(model, prompts_mod.PromptMap(day.base), 2.5)
+    with pytest.raises(errors.BoundlessError, match=">= 0"):
+        conditioning.guidance_text(model, day, -1.0)
+    with pytest.raises(errors.BoundlessError, match="needs a prompt"):
+        sampler.generate_canvas(tiny_model(0), 1, 1, guidance=2.0)
+    with pytest.raises(errors.BoundlessError, match="empty prompt's states"):
+        sampler.generate_canvas(model, 1, 1, extents=model.extents, text=day.base.states, guidance=2.0)

@@ -75,6 +75,29 @@ def test_wrap_training_uses_whole_rolled_panoramas():
         training.CanvasSampler([panorama], cols=3, rows=1, patch_h=2, patch_w=2, wrap=True)
 
 
+def test_wrap_every_mixes_whole_wrapped_panoramas_into_crop_training(tmp_path, monkeypatch):
+    """--wrap-every N: every Nth step is one whole-width panorama trained with wrap-around, the other
+    steps ordinary crops, so one model learns both canvases and the 360° seam."""
+    data = str(tmp_path / "tokens.safetensors")
+    save_file({"tokens": torch.randint(0, 12, (3, 4, 8))}, data)
+    seen = []
+    real_loss = train.chain_loss
+
+    def spy(net, canvas, *args, wrap=False, **kwargs):
+        seen.append((tuple(canvas.shape), wrap))
+        return real_loss(net, canvas, *args, wrap=wrap, **kwargs)
+
+    monkeypatch.setattr(train, "chain_loss", spy)
+    common = ["--tokens", data, "--out", str(tmp_path / "m.safetensors"), "--dim", "16", "--depth", "1",
+              "--heads", "2", "--patch", "2", "2", "--extents", "1", "1", "0", "--canvas", "2", "2",
+              "--batch", "2", "--threads", "1"]
+    train.main([*common, "--steps", "6", "--wrap-every", "3"])
+    crop, whole = ((2, 1, 4, 4), False), ((1, 1, 4, 8), True)
+    assert seen == [crop, crop, whole, crop, crop, whole]
+    with pytest.raises(errors.BoundlessError, match="give one of the two"):
+        train.main([*common, "--steps", "1", "--wrap-every", "3", "--wrap"])
+
+
 def test_command_line_trainer_on_token_file(tmp_path):
     tokens = torch.randint(0, 20, (3, 6, 6))
     text = torch.randn(3, 4, 10)

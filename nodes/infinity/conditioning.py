@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
 from ..common.errors import BoundlessError
 from ..text.prompts import PromptMap
 from .model import InfinityTransformer
@@ -33,3 +35,19 @@ def text_condition(model: InfinityTransformer, prompts: Optional[PromptMap]) -> 
     if not prompts.regions:
         return prompts.base.states
     return lambda pos: prompts.states_at(pos[2], pos[1])
+
+
+def guidance_text(model: InfinityTransformer, prompts: Optional[PromptMap], guidance: float) -> Optional[torch.Tensor]:
+    """The empty prompt's states ``[1, L, C]`` that text guidance contrasts the prompt with, or None when
+    guidance is off (1); refuses guidance that cannot apply, in the node's terms."""
+    if guidance == 1.0:
+        return None
+    if guidance < 0:
+        raise BoundlessError(f"text_guidance must be >= 0 (1 = off), got {guidance}")
+    if not model.config.text_dim or prompts is None:
+        raise BoundlessError("text_guidance only applies to a text-conditioned model with a prompt on its 'text' "
+                             "input; set text_guidance to 1 for this model")
+    if prompts.empty is None:
+        raise BoundlessError("this prompt map carries no empty-prompt states for text guidance; make it with "
+                             "Encode Text (Boundless), or set text_guidance to 1")
+    return prompts.empty.states

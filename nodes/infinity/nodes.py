@@ -26,7 +26,7 @@ from ..vq.nodes import tile_inputs
 from ..vq.tiling import check_fits, check_output_fits, decode_tiled
 from .adc import FUTURE, ORDERS
 from .checkpoint import load_infinity
-from .conditioning import text_condition
+from .conditioning import guidance_text, text_condition
 from .config import Extents
 from .render import PatchPreview, decode_state, require_tokenizer
 from .sampler import DEFAULT_MAX_POOL_BYTES, run
@@ -59,7 +59,14 @@ def _sampling_inputs():
             sockets.VQGANModel.Input("preview_vqgan", optional=True,
                                      tooltip="Optional: the VQGAN of the model, for a live preview of the "
                                              "growing canvas in the progress bar."),
-            _text_input(), _draws_input()]
+            _text_input(), _draws_input(), _guidance_input()]
+
+
+def _guidance_input():
+    return io.Float.Input("text_guidance", default=1.0, min=0.0, max=20.0, step=0.5, optional=True,
+                          tooltip="Classifier-free guidance of the prompt (text models only): 1 = off; larger "
+                                  "values follow the prompt more closely (each token weighs the prompt against "
+                                  "the empty prompt), at twice the work per patch; e.g. 3.")
 
 
 def _draws_input():
@@ -75,7 +82,7 @@ def _text_input():
 
 
 def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None,
-                 draws=MODEL_DEVICE) -> CanvasState:
+                 draws=MODEL_DEVICE, text_guidance=1.0) -> CanvasState:
     """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
 
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
@@ -90,12 +97,13 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
         painter = PatchPreview(vqgan, state)
         preview = painter.update
     condition = text_condition(model, text)
+    empty = guidance_text(model, text, text_guidance)
     total = state.plan.n_generate * model.config.tokens_per_patch
     budget = min(DEFAULT_MAX_POOL_BYTES, comfy_glue.free_memory() // 2)
     try:
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=condition, progress_unit="token",
             progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget,
-            draws=draws)
+            draws=draws, guidance=text_guidance, empty_text=empty)
     except mm.InterruptProcessingException:
         path = _save_path("interrupted")
         state.save(path)
@@ -231,10 +239,12 @@ class InfinityGenerateCanvas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
-                temperature, top_k, preview_vqgan=None, text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
+                temperature, top_k, preview_vqgan=None, text=None, draws=MODEL_DEVICE,
+                text_guidance=1.0) -> io.NodeOutput:
         state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
                                       Extents(e_w, e_h, e_f), wrap), order)
-        return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text, draws))
+        return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text, draws,
+                                          text_guidance))
 
 
 class InfinityOutpaintStep(io.ComfyNode):
@@ -262,7 +272,7 @@ class InfinityOutpaintStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
-                preview_vqgan=None, text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
+                preview_vqgan=None, text=None, draws=MODEL_DEVICE, text_guidance=1.0) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "next frames" and state.extents.f < 1:
             raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
@@ -271,7 +281,8 @@ class InfinityOutpaintStep(io.ComfyNode):
             planned = plan_fill(state, "right" if state.grid[2] >= state.grid[1] else "down")
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
-        return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws))
+        return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws,
+                                          text_guidance))
 
 
 class InfinityResume(io.ComfyNode):
@@ -291,14 +302,14 @@ class InfinityResume(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
-                text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
+                text=None, draws=MODEL_DEVICE, text_guidance=1.0) -> io.NodeOutput:
         state.require_model(model.model)
         if state.step >= len(state.plan.flat):
             raise BoundlessError("Infinity Resume: this state has nothing left to generate (its plan is finished, or "
                                  "it never had one, like a blank NCP State). Use Infinity Outpaint Step ('fill' "
                                  "generates a state's unknown patches) or Generate Canvas instead")
         return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text,
-                                          draws))
+                                          draws, text_guidance))
 
 
 class NCPStateToTokens(io.ComfyNode):
@@ -484,7 +495,7 @@ class InfinityStreamCanvas(io.ComfyNode):
                     *_extent_inputs(), *_sampling_inputs()[:3],
                     io.String.Input("filename_prefix", default="boundless/infinity_stream",
                                     tooltip="Path under output/ (without extension) of the .tif file."),
-                    _text_input(), _draws_input()],
+                    _text_input(), _draws_input(), _guidance_input()],
             outputs=[NCPState.Output(display_name="state",
                                      tooltip="The final canvas state (tokens of the whole canvas): connect it to "
                                              "Save NCP State to keep it, or to an Outpaint Step to extend it."),
@@ -494,9 +505,10 @@ class InfinityStreamCanvas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
-                filename_prefix, text=None, draws=MODEL_DEVICE) -> io.NodeOutput:
+                filename_prefix, text=None, draws=MODEL_DEVICE, text_guidance=1.0) -> io.NodeOutput:
         net, tokenizer = comfy_glue.load_together(model, vqgan)
         condition = text_condition(net, text)
+        empty = guidance_text(net, text, text_guidance)
         if net.tokenizer and net.tokenizer != fingerprint(VQGAN_KIND, tokenizer.quantize.embedding.weight):
             raise BoundlessError("this VQGAN is not the one the Infinity model was trained with; connect that one")
         folder, name, counter, subfolder = comfy_glue.save_location("Infinity Stream Canvas", filename_prefix)
@@ -504,7 +516,8 @@ class InfinityStreamCanvas(io.ComfyNode):
         path = os.path.join(folder, f"{name}_{counter:05}_.tif")
         result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,
                                temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f), text=condition,
-                               progress=comfy_glue.progress_reporter(width_patches * height_patches), draws=draws)
+                               progress=comfy_glue.progress_reporter(width_patches * height_patches), draws=draws,
+                               guidance=text_guidance, empty_text=empty)
         logging.info("[Boundless] wrote %dx%d px canvas to %s", result.width, result.height, path)
         return io.NodeOutput(result.state, result.preview.to(comfy_glue.output_device()),
                              ui={"text": [f"{os.path.join(subfolder, os.path.basename(path))} "

@@ -103,41 +103,81 @@ def check_memory(model: InfinityTransformer, state: CanvasState, max_pool_bytes:
     return peak
 
 
+def with_unconditional(context: list[ContextItem], text_bld: torch.Tensor, empty_bld: Optional[torch.Tensor],
+                       batch: int) -> tuple[list[ContextItem], torch.Tensor]:
+    """One batch of ``2B`` rows for text guidance: the prompt's states on the first ``B`` rows, the
+    empty prompt's on the last ``B``, and every context cache repeated for both halves.
+
+    The unconditional half reads the same neighbours (cached under the prompt): guidance then asks
+    what *this patch* should add for the prompt beyond what its neighbours already say, and costs one
+    doubled batch per patch instead of a second NCP."""
+    if empty_bld is None:
+        raise BoundlessError("text guidance needs the empty prompt's states (Encode Text makes them); "
+                             "set text_guidance to 1 or encode the prompt with Encode Text")
+    if empty_bld.shape[1:] != text_bld.shape[1:]:
+        raise BoundlessError(f"the empty prompt's states {tuple(empty_bld.shape)} do not match the prompt's "
+                             f"{tuple(text_bld.shape)}; encode both with the same text encoder")
+    doubled = [dataclasses.replace(item, cache=PatchCache(torch.cat([item.cache.hidden] * 2, dim=1)))
+               for item in context]
+    text_2bld = torch.cat([text_bld.expand(batch, -1, -1), empty_bld.to(text_bld).expand(batch, -1, -1)])
+    return doubled, text_2bld
+
+
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
                   draws: Draws, temperature: float, top_k: int, use_kv_cache: bool,
                   on_token: Callable[[int], None],
-                  static: Optional[tuple[StaticDecoder, GraphStep]] = None) -> tuple[torch.Tensor, PatchCache]:
-    """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache."""
+                  static: Optional[tuple[StaticDecoder, GraphStep]] = None,
+                  guidance: float = 1.0) -> tuple[torch.Tensor, PatchCache]:
+    """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache.
+
+    guidance != 1: ``batch`` is ``2B`` rows laid out by ``with_unconditional``; each token is drawn
+    from ``uncond + guidance · (cond - uncond)`` of the logits, fed to both halves, and the cache
+    returned is the conditional half's."""
     t = model.config.tokens_per_patch
     device = model.pos_emb.device
-    tokens = torch.empty(batch, t, dtype=torch.int64, device=device)
+    guided = guidance != 1.0
+    out_b = batch // 2 if guided else batch
+    tokens = torch.empty(out_b, t, dtype=torch.int64, device=device)
+
+    def pick(logits_nv: torch.Tensor) -> torch.Tensor:
+        if guided:
+            cond_bv, uncond_bv = logits_nv.float().chunk(2)
+            logits_nv = uncond_bv + guidance * (cond_bv - uncond_bv)
+        return sample_token(logits_nv, draws, temperature, top_k)
+
+    def fed(tokens_b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tokens_b, tokens_b]) if guided else tokens_b
+
+    def own(cache: PatchCache) -> PatchCache:
+        return PatchCache(cache.hidden[:, :out_b]) if guided else cache
+
     if static is not None:
         decoder, step = static
         decoder.begin(context, order, text)
         step()
         for i in range(t):
-            tokens[:, i] = sample_token(decoder.logits, draws, temperature, top_k)
-            decoder.token_b.copy_(tokens[:, i])
+            tokens[:, i] = pick(decoder.logits)
+            decoder.token_b.copy_(fed(tokens[:, i]))
             step()
             if i + 1 < t:
                 on_token(i + 1)
-        return tokens, decoder.cache()
+        return tokens, own(decoder.cache())
     if use_kv_cache:
         decoder = PatchDecoder(model, context, order, text, batch)
         logits = decoder.step(None)
         for i in range(t):
-            tokens[:, i] = sample_token(logits, draws, temperature, top_k)
-            logits = decoder.step(tokens[:, i])
+            tokens[:, i] = pick(logits)
+            logits = decoder.step(fed(tokens[:, i]))
             if i + 1 < t:
                 on_token(i + 1)
-        return tokens, decoder.cache()
+        return tokens, own(decoder.cache())
     for i in range(t):
-        logits, _ = model(tokens[:, :i], context, order, text)
-        tokens[:, i] = sample_token(logits[:, i], draws, temperature, top_k)
+        logits, _ = model(fed(tokens[:, :i]), context, order, text)
+        tokens[:, i] = pick(logits[:, i])
         if i + 1 < t:
             on_token(i + 1)
-    _, cache = model(tokens, context, order, text)
-    return tokens, cache
+    _, cache = model(fed(tokens), context, order, text)
+    return tokens, own(cache)
 
 
 @torch.no_grad()
@@ -145,7 +185,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         top_k: int = 0, text: TextCondition = None, progress: Progress = no_progress,
         progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
         max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE,
-        decoder: str = "auto") -> RunStats:
+        decoder: str = "auto", guidance: float = 1.0, empty_text: Optional[torch.Tensor] = None) -> RunStats:
     """Advance ``state`` (in place) through the rest of its plan; return statistics.
 
     progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
@@ -155,7 +195,15 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
 
     ``decoder``: "auto" (a CUDA graph of ``StaticDecoder`` on a CUDA device, ``PatchDecoder``
     elsewhere), "static" (``StaticDecoder`` run eagerly or as a graph) or "dynamic".
+
+    ``guidance``: classifier-free guidance of the text, with ``empty_text`` (``[1, L, C]``, the empty
+    prompt's states, which caption dropout trained as "no text"): 1 samples the model as it is, larger
+    values follow the prompt more closely, at twice the batch per generated patch.
     """
+    if guidance < 0:
+        raise BoundlessError(f"text guidance must be >= 0 (1 = off), got {guidance}")
+    if guidance != 1.0 and text is None:
+        raise BoundlessError("text guidance needs a prompt: connect text, or set text_guidance to 1")
     if progress_unit not in ("patch", "token"):
         raise BoundlessError(f"progress_unit must be 'patch' or 'token', got {progress_unit!r}")
     if decoder not in DECODERS:
@@ -196,12 +244,16 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                 if progress_unit == "token":
                     progress(base + i, total, None)
 
+            rows = state.batch
+            if guidance != 1.0:
+                context, text_now = with_unconditional(context, text_now, empty_text, state.batch)
+                rows = 2 * state.batch
             if use_static and static is None:      # built once per run, at its first generated patch
-                built = StaticDecoder(model, state.batch, state.extents.cells * t,
+                built = StaticDecoder(model, rows, state.extents.cells * t,
                                       0 if text_now is None else text_now.shape[1])
                 static = (built, GraphStep(built))
-            tokens_bt, cache = _sample_patch(model, context, order, text_now, state.batch, patch_draws,
-                                             temperature, top_k, use_kv_cache, on_token, static)
+            tokens_bt, cache = _sample_patch(model, context, order, text_now, rows, patch_draws,
+                                             temperature, top_k, use_kv_cache, on_token, static, guidance)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(tokens_bt.to(device), context, order, text_now)

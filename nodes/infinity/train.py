@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wrap", action="store_true",
                      help="360° panoramas: train with horizontal wrap-around on whole-width crops "
                           "(--canvas COLS must be the panoramas' width in patches)")
+    run.add_argument("--wrap-every", type=int, default=0, metavar="N",
+                     help="mix both: every Nth step trains one whole-width 360° panorama (the widest maps, "
+                          "--canvas ROWS high, randomly rolled) with wrap-around instead of a batch of crops, so "
+                          "one model learns ordinary canvases and the wrap seam (0 = never)")
     run.add_argument("--batch", type=int, default=4)
     run.add_argument("--lr", type=float, default=3e-4)
     run.add_argument("--label-smoothing", type=float, default=0.0)
@@ -195,11 +199,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def wrap_sampler(grids, args, cfg, texts, rank: int) -> CanvasSampler:
+    """The whole-width 360° panoramas that ``--wrap-every`` mixes into crop training."""
+    width = max(int(g.shape[-1]) for g in grids)
+    if width % cfg.patch_w:
+        raise BoundlessError(f"--wrap-every: the widest training maps ({width} tokens) are not whole "
+                             f"{cfg.patch_w}-token patches wide, so they cannot wrap around; crop them to a "
+                             "multiple of the patch width")
+    return CanvasSampler(grids, width // cfg.patch_w, args.canvas[1], cfg.patch_h, cfg.patch_w,
+                         args.orders.split(","), texts, seed=args.seed + rank + 1, wrap=True)
+
+
 def main(argv=None) -> InfinityTransformer:
     """Train; returns the model as saved in ``--out`` (with ``--val-tokens``: the best step, not the last)."""
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.input_noise < 1.0:
         raise BoundlessError(f"--input-noise is a share of tokens in [0, 1), got {args.input_noise}")
+    if args.wrap_every < 0:
+        raise BoundlessError(f"--wrap-every is a step count (0 = never), got {args.wrap_every}")
+    if args.wrap_every and args.wrap:
+        raise BoundlessError("--wrap-every mixes wrapped panoramas into crop training; with --wrap every step "
+                             "is wrapped already, so give one of the two")
     torch.set_num_threads(args.threads)
     rank, world, device = distributed_setup()
     torch.manual_seed(args.seed + rank)
@@ -241,18 +261,20 @@ def main(argv=None) -> InfinityTransformer:
     no_sync = net.no_sync if world > 1 else None
     sampler = CanvasSampler(grids, args.canvas[0], args.canvas[1], cfg.patch_h, cfg.patch_w,
                             args.orders.split(","), texts, seed=args.seed + rank, wrap=args.wrap)
+    panoramas = wrap_sampler(grids, args, cfg, texts, rank) if args.wrap_every else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
     validation = load_validation(args.val_tokens, cfg).to(device) if args.val_tokens else None
     best_val = float("inf")
     started = time.time()
     for step in range(1, args.steps + 1):
-        canvas, order, text = sampler.batch(args.batch)
+        wrapped = args.wrap or (panoramas is not None and step % args.wrap_every == 0)
+        canvas, order, text = panoramas.batch(1) if wrapped and not args.wrap else sampler.batch(args.batch)
         if text is not None and null_text is not None:
             dropped_b = torch.rand(text.shape[0]) < args.drop_text
             text = torch.where(dropped_b[:, None, None], null_text, text)
         optimizer.zero_grad(set_to_none=True)
         loss = chain_loss(net, canvas.to(device), order, cfg.trained_extents, patch_h=cfg.patch_h,
-                          patch_w=cfg.patch_w, wrap=args.wrap, text=None if text is None else text.to(device),
+                          patch_w=cfg.patch_w, wrap=wrapped, text=None if text is None else text.to(device),
                           label_smoothing=args.label_smoothing, input_noise=args.input_noise, no_sync=no_sync)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -262,7 +284,7 @@ def main(argv=None) -> InfinityTransformer:
             dist.broadcast(out_of_time, 0)   # every rank stops at the same step
         last = step == args.steps or bool(out_of_time)
         if rank == 0 and (step == 1 or step % 10 == 0 or last):
-            print(json.dumps({"step": step, "loss": round(loss, 4), "order": order,
+            print(json.dumps({"step": step, "loss": round(loss, 4), "order": order, "wrap": wrapped,
                               "min": round((time.time() - started) / 60, 2)}), flush=True)
         if rank == 0 and (step % args.save_every == 0 or last):
             if validation is None:

@@ -60,19 +60,20 @@ class EncodeText(io.ComfyNode):
                                             "(longer prompts are cut, with a warning).")],
             outputs=[sockets.Text.Output(
                 display_name="text",
-                tooltip="The encoded prompt for the whole canvas: connect it to the text input of an Infinity "
-                        "node, or to Regional Text (as text or region_text).")])
+                tooltip="The encoded prompt for the whole canvas (with the empty prompt's states, for text "
+                        "guidance): connect it to the text input of an Infinity node, or to Regional Text (as "
+                        "text or region_text).")])
 
     @classmethod
     def execute(cls, text_encoder, prompt) -> io.NodeOutput:
         encoder = comfy_glue.load_for_use(text_encoder)
         if encoder.truncated(prompt):
             logging.warning("[Boundless] prompt is longer than %d word pieces and was cut: %r", CONTEXT_TOKENS, prompt)
-        embedding = encoder.encode([prompt])
         out = comfy_glue.output_device()
-        embedding = dataclasses.replace(embedding, states=embedding.states.to(out), mask=embedding.mask.to(out),
-                                        pooled=embedding.pooled.to(out))
-        return io.NodeOutput(PromptMap(embedding))
+        prompt_embedding, empty_embedding = (
+            dataclasses.replace(e, states=e.states.to(out), mask=e.mask.to(out), pooled=e.pooled.to(out))
+            for e in (encoder.encode([prompt]), encoder.encode([""])))
+        return io.NodeOutput(PromptMap(prompt_embedding, empty=empty_embedding))
 
 
 class RegionalText(io.ComfyNode):

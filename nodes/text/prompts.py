@@ -10,6 +10,7 @@ Maps are immutable: nodes never change a map they receive.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 
@@ -34,11 +35,15 @@ class Region:
 
 @dataclasses.dataclass(frozen=True)
 class PromptMap:
+    """base: the prompt for the whole canvas. empty: the same encoder's states of the empty prompt,
+    which caption dropout trained as "no text": the unconditional side of text guidance."""
+
     base: TextEmbedding
     regions: tuple[Region, ...] = ()
+    empty: Optional[TextEmbedding] = None
 
     def __post_init__(self):
-        for text in (self.base, *(r.text for r in self.regions)):
+        for text in (self.base, *(r.text for r in self.regions), *([self.empty] if self.empty else [])):
             if text.states.shape[0] != 1:
                 raise BoundlessError(f"a prompt map holds one prompt per region, got a batch of {text.states.shape[0]}")
             if text.encoder != self.base.encoder:
