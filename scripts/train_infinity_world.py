@@ -3,7 +3,9 @@
 ``.venv/bin/python scripts/train_infinity_world.py [--captions] [--world 200] [--minutes 120] [--resume FILE]``.
 
 Data: ``--world`` (default 200) seamless 360° panoramas of the demo world (``nodes/world``, seeds 0..N-1 at
-2048×512, i.e. 8×2 patches of 256 px), tokenized with the world VQGAN (``--vqgan``). Seeds from
+2048×512, i.e. 8×2 patches of 256 px), tokenized with the world VQGAN (``--vqgan``; default the
+256-code merge of ``boundless_world_f16`` made by ``scripts/merge_codebook.py --codes 256``, whose
+caches that script carries over from the 1,024-code tokenizer's). Seeds from
 ``VALIDATION_SEED`` on (16 panoramas at 1024×512) measure the held-out cross-entropy for early
 stopping; seeds from ``BENCH_SEED`` on are left for ``bench/infinity_quality.py --material world``,
 so the benchmark measures on pictures that neither training nor model selection saw. The world is
@@ -32,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from packpath import ROOT, pack_module
 
-VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
+VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16_m256.safetensors"
 OUT = ROOT / "models" / "infinity" / "boundless_world_panorama.safetensors"
 TEXT_OUT = ROOT / "models" / "infinity" / "boundless_world_text.safetensors"
 CACHE = ROOT / "output" / "cache"

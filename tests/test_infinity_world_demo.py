@@ -12,7 +12,8 @@ import torch
 from packpath import ROOT, pack_module
 from train_infinity_world import TRAIN_SIZE, world_picture
 
-WORLD_VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"
+WORLD_VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16_m256.safetensors"     # panorama and text models
+VIDEO_VQGAN = ROOT / "models" / "vqgan" / "boundless_world_f16.safetensors"          # the video model's (1,024 codes)
 WORLD_MODEL = ROOT / "models" / "infinity" / "boundless_world_panorama.safetensors"
 WORLD_TEXT = ROOT / "models" / "infinity" / "boundless_world_text.safetensors"
 
@@ -43,6 +44,20 @@ def training_tokens(vqgan):
 def decode(vqgan, tokens_hw: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return ((vqgan.decode_indices(tokens_hw[None]).clamp(-1, 1) + 1) / 2)[0]      # [3, H, W]
+
+
+@pytest.fixture(scope="module")
+def video_vqgan():
+    return vq_loader.load_vqgan(str(VIDEO_VQGAN)).float().eval()
+
+
+def test_world_tokenizer_is_the_video_tokenizer_with_its_twins_merged(vqgan, video_vqgan):
+    """1,024 rows in the taming layout, 256 distinct codes (scripts/merge_codebook.py), the same
+    encoder and decoder weights as the 1,024-code tokenizer it was merged from."""
+    assert len(torch.unique(vqgan.quantize.embedding.weight, dim=0)) == 256
+    merged, original = vqgan.state_dict(), video_vqgan.state_dict()
+    assert merged.keys() == original.keys()
+    assert all(torch.equal(merged[k], original[k]) for k in merged if k != "quantize.embedding.weight")
 
 
 @pytest.mark.parametrize("path", [WORLD_MODEL, WORLD_TEXT], ids=["panorama", "text"])
@@ -88,15 +103,15 @@ WORLD_VIDEO = ROOT / "models" / "infinity" / "boundless_world_video_text.safeten
 
 
 @pytest.mark.skipif(not WORLD_VIDEO.is_file(), reason="demo-world video model not trained yet")
-def test_world_video_model_is_a_text_conditioned_video_model_of_the_world_tokenizer(vqgan):
+def test_world_video_model_is_a_text_conditioned_video_model_of_the_world_tokenizer(video_vqgan):
     model = checkpoint.load_infinity(str(WORLD_VIDEO))
-    assert model.tokenizer == fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)
+    assert model.tokenizer == fingerprint(vq_loader.KIND, video_vqgan.quantize.embedding.weight)
     assert (model.config.patch_h, model.config.patch_w) == (8, 8) and model.config.frame_align
     assert model.config.trained_extents.as_tuple() == (1, 1, 1) and model.config.text_dim == 384
 
 
 @pytest.mark.skipif(not WORLD_VIDEO.is_file(), reason="demo-world video model not trained yet")
-def test_world_video_model_paints_a_night_clip_darker_than_a_day_clip(vqgan):
+def test_world_video_model_paints_a_night_clip_darker_than_a_day_clip(video_vqgan):
     """Three 256-px frames from each prompt, sampled as the text-to-video workflow does (temperature 0.7,
     top-k 16); the night clip is darker over all its frames (two seeds each)."""
     state_mod, config_mod = pack_module("nodes.infinity.state"), pack_module("nodes.infinity.config")
@@ -109,7 +124,7 @@ def test_world_video_model_paints_a_night_clip_darker_than_a_day_clip(vqgan):
             state = state_mod.plan_fill(state_mod.empty_state(model, 2, 2, 3, 1, config_mod.Extents(1, 1, 1)), "right")
             sampler.run(model, state, seed=seed, text=encoder.encode([prompt]).states, temperature=0.7, top_k=16)
             with torch.no_grad():
-                values.append(float(vqgan.decode_indices(state.tokens[0]).clamp(-1, 1).mean()))
+                values.append(float(video_vqgan.decode_indices(state.tokens[0]).clamp(-1, 1).mean()))
         brightness[prompt] = np.mean(values)
     night, day = brightness.values()
     assert night + 0.2 < day, brightness
