@@ -147,14 +147,16 @@ def main(argv=None) -> dict:
                          for name in ATTRIBUTES},
               "examples": [{"caption": scene_mod.caption(s), "paraphrase": paraphrase(s)} for s in scenes[:3]]}
     empty = encoder.encode([""]).states
+    prompt_states = {kind: [encoder.encode([words]).states for words in prompts] for kind, prompts in
+                     (("training_style", [scene_mod.caption(s) for s in scenes]),
+                      ("paraphrase", [paraphrase(s) for s in scenes]))}
     for guidance in [float(g) for g in args.guidance.split(",")]:
-        for kind, words in (("training_style", [scene_mod.caption(s) for s in scenes]),
-                            ("paraphrase", [paraphrase(s) for s in scenes])):
+        for kind, states in prompt_states.items():
             feats = []
-            for i, prompt in enumerate(words):
+            for i, text in enumerate(states):
                 state = sampler.generate_canvas(model, 4, 2, order="right", extents=config_mod.Extents(1, 1, 0),
-                                                text=encoder.encode([prompt]).states, seed=i, temperature=1.0,
-                                                top_k=64, guidance=guidance, empty_text=empty)
+                                                text=text, seed=i, temperature=1.0, top_k=64, guidance=guidance,
+                                                empty_text=empty)
                 with torch.no_grad():
                     image = ((vqgan.decode_indices(state.tokens[0, 0][None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
                 feats.append(reader.feature(image))

@@ -267,8 +267,9 @@ def main(argv=None) -> InfinityTransformer:
     best_val = float("inf")
     started = time.time()
     for step in range(1, args.steps + 1):
-        wrapped = args.wrap or (panoramas is not None and step % args.wrap_every == 0)
-        canvas, order, text = panoramas.batch(1) if wrapped and not args.wrap else sampler.batch(args.batch)
+        panorama_step = panoramas is not None and step % args.wrap_every == 0
+        canvas, order, text = panoramas.batch(1) if panorama_step else sampler.batch(args.batch)
+        wrapped = args.wrap or panorama_step
         if text is not None and null_text is not None:
             dropped_b = torch.rand(text.shape[0]) < args.drop_text
             text = torch.where(dropped_b[:, None, None], null_text, text)
