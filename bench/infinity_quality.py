@@ -26,6 +26,10 @@ for early stopping) are the held-out pictures; outpainting continues 2 patch col
 its first 4 (and, mirrored, to the left); the never-seen pairs are counted against the codes of
 ``--world-reference`` training panoramas (seeds 0..N-1).
 
+``--neighbour-guidance 1,1.5`` measures each model at each neighbour-guidance scale (entries
+``NAME@g1.5``; 1 = off), on the same seeds; ``--first-seed`` moves every seed (canvases, wrap,
+outpainting) to a fresh range, so a scale chosen on one range can be checked on another.
+
 Seconds per generated patch are measured with the models taking turns (best of ``--timing-rounds``).
 The references: the same seam ratios of the VQGAN round-trip of the real pictures, the never-seen
 pair shares of the held-out pictures' own codes, and the FED/KID of the held-out round-trip.
@@ -167,14 +171,14 @@ def score_outpaint(tok: Tokenizer, case: dict, cont_tokens: torch.Tensor, patch_
             cont)
 
 
-def interleaved_seconds_per_patch(models: dict, rounds: int) -> dict[str, float]:
-    """Best-of-``rounds`` seconds per generated patch of each model, the models taking turns in each
+def interleaved_seconds_per_patch(variants: dict, rounds: int) -> dict[str, float]:
+    """Best-of-``rounds`` seconds per generated patch of each variant, the variants taking turns in each
     round so that a busy machine slows them alike (4×2-patch canvases, the generation settings)."""
-    best = {name: float("inf") for name in models}
+    best = {name: float("inf") for name in variants}
     for seed in range(rounds):
-        for name, model in models.items():
+        for name, (model, options) in variants.items():
             started = time.perf_counter()
-            sampler.generate_canvas(model, 4, 2, order="right", extents=EXTENTS, seed=seed, **SAMPLING)
+            sampler.generate_canvas(model, 4, 2, order="right", extents=EXTENTS, seed=seed, **SAMPLING, **options)
             best[name] = min(best[name], (time.perf_counter() - started) / 8)
     return {name: round(value, 4) for name, value in best.items()}
 
@@ -206,6 +210,9 @@ def main(argv=None) -> dict:
     p.add_argument("--save-examples", type=pathlib.Path, help="write one canvas and one outpainting per model here")
     p.add_argument("--temperature", type=float, default=SAMPLING["temperature"], help="sampling temperature")
     p.add_argument("--top-k", type=int, default=SAMPLING["top_k"], help="sampling top-k (0 = all codes)")
+    p.add_argument("--neighbour-guidance", default="1",
+                   help="comma-separated neighbour-guidance scales, each measured for every model (1 = off)")
+    p.add_argument("--first-seed", type=int, default=0, help="first seed of canvases, wrap canvases and outpainting")
     args = p.parse_args(argv)
     SAMPLING.update(temperature=args.temperature, top_k=args.top_k)
     torch.set_num_threads(args.threads)
@@ -221,6 +228,9 @@ def main(argv=None) -> dict:
 
     # -- references ---------------------------------------------------------------------------------
     models = {name: checkpoint.load_infinity(path).eval() for name, path in models.items()}
+    scales = [float(g) for g in args.neighbour_guidance.split(",")]
+    variants = {name if scales == [1.0] else f"{name}@g{g:g}": (model, {"neighbour_guidance": g})
+                for name, model in models.items() for g in scales}
     first = next(iter(models.values()))
     ph, pw = first.config.patch_h, first.config.patch_w
     patch_px = pw * vqgan.factor
@@ -249,7 +259,8 @@ def main(argv=None) -> dict:
     result = {"config": {"material": args.material, "canvases": args.canvases, "seeds": args.seeds, "wrap_canvases": args.wrap_canvases,
                          **SAMPLING,
                          "max_crops": args.max_crops,
-                         "threads": args.threads, "patch_px": patch_px},
+                         "threads": args.threads, "patch_px": patch_px,
+                         "neighbour_guidance": scales, "first_seed": args.first_seed},
               "reference": {
                   "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
                   "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),
@@ -272,7 +283,7 @@ def main(argv=None) -> dict:
             seams.append(junction_ratio(tok.decode(tok.encode(rolled)), image.width // 2, vqgan.factor))
     result["reference"]["round_trip_wrap_seam_step_ratio"] = round(float(np.mean(seams)), 3)
 
-    result["seconds_per_patch_interleaved"] = interleaved_seconds_per_patch(models, args.timing_rounds)
+    result["seconds_per_patch_interleaved"] = interleaved_seconds_per_patch(variants, args.timing_rounds)
 
     # -- outpainting baselines -------------------------------------------------------------------------
     cases = outpaint_cases(tok, patch_px, real)
@@ -294,10 +305,14 @@ def main(argv=None) -> dict:
     result["outpaint_baselines"] = outpaint
 
     # -- each model ------------------------------------------------------------------------------------
-    for name, model in models.items():
+    def seeds(count: int) -> range:
+        return range(args.first_seed, args.first_seed + count)
+
+    for name, (model, options) in variants.items():
         canvases, started, patches = [], time.perf_counter(), 0
-        for seed in range(args.canvases):
-            state = sampler.generate_canvas(model, 8, 2, order="right", extents=EXTENTS, seed=seed, **SAMPLING)
+        for seed in seeds(args.canvases):
+            state = sampler.generate_canvas(model, 8, 2, order="right", extents=EXTENTS, seed=seed, **SAMPLING,
+                                            **options)
             patches += 16
             canvases.append(state.tokens[0, 0])
         seconds_per_patch = (time.perf_counter() - started) / patches
@@ -316,9 +331,9 @@ def main(argv=None) -> dict:
             "kid_vs_held_out_x1e3": round(kid, 2), "kid_spread": round(spread, 2),
             "seconds_per_patch_in_sequence": round(seconds_per_patch, 4)}
         wrap_ratios = []
-        for seed in range(args.wrap_canvases):
+        for seed in seeds(args.wrap_canvases):
             state = sampler.generate_canvas(model, 8, 2, order="right", extents=EXTENTS, wrap=True, seed=seed,
-                                            **SAMPLING)
+                                            **SAMPLING, **options)
             rolled = state.tokens[0, 0].roll(4 * pw, dims=-1)            # the 360° seam moves to the middle
             wrap_ratios.append(junction_ratio(tok.decode(rolled), 4 * patch_px, vqgan.factor))
         if wrap_ratios:
@@ -326,15 +341,16 @@ def main(argv=None) -> dict:
         rows, conts, examples = [], [], []
         for case in cases:
             state = state_mod.state_from_tokens(model, case["context_tokens"][None], extents=EXTENTS)
-            for seed in range(args.seeds):
-                grown = sampler.outpaint(model, state, case["direction"], CONTINUE_COLS, seed=seed, **SAMPLING)
+            for seed in seeds(args.seeds):
+                grown = sampler.outpaint(model, state, case["direction"], CONTINUE_COLS, seed=seed, **SAMPLING,
+                                         **options)
                 tokens = grown.tokens[0, 0]
                 width = CONTINUE_COLS * pw
                 cont_tokens = tokens[:, -width:] if case["direction"] == "right" else tokens[:, :width]
                 row, cont = score_outpaint(tok, case, cont_tokens, patch_px)
                 rows.append(row)
                 conts += metrics.crops(cont)
-                if seed == 0 and len(examples) < 2:
+                if seed == args.first_seed and len(examples) < 2:
                     examples.append(tok.decode(tokens))
         result[name] = {"generation": generation, "outpaint": summarise(rows, feats(conts), truth_feat)}
         print(json.dumps({name: result[name]}), flush=True)

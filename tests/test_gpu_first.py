@@ -98,8 +98,11 @@ def test_infinity_never_waits_per_token_and_draws_the_cpu_tokens(options):
     assert torch.equal(large.tokens, reference.tokens)
 
 
-def test_infinity_text_guidance_never_waits_per_token():
-    """Guidance doubles the batch on the device; the token loop still never reads back."""
+@pytest.mark.parametrize("guidance", [dict(guidance=3.0), dict(neighbour_guidance=1.5),
+                                      dict(guidance=2.0, neighbour_guidance=1.5)])
+def test_infinity_guidance_never_waits_per_token(guidance):
+    """Guidance runs its row groups as one bigger batch on the device (the rows without neighbours
+    masked there); the token loop still never reads back."""
     text_bld, empty_bld = torch.randn(1, 3, 8), torch.zeros(1, 3, 8)
     counters = []
     for patch in (2, 4):
@@ -108,7 +111,7 @@ def test_infinity_text_guidance_never_waits_per_token():
             model.to(STANDIN)
             dev.reset()
             infinity_sampler.generate_canvas(model, 3, 2, order="right", seed=5, top_k=8, text=text_bld.to(STANDIN),
-                                             guidance=3.0, empty_text=empty_bld.to(STANDIN))
+                                             empty_text=empty_bld.to(STANDIN), **guidance)
         counters.append(dev)
     assert counters[0].syncs == counters[1].syncs, (counters[0].report(), counters[1].report())
     assert sum(n for where, n in counters[1].where.items() if "sampler.py" in where) == 6, counters[1].report()

@@ -66,6 +66,20 @@ def test_generate_canvas_size_and_seed_reproducibility(comfy):
     assert not torch.equal(a, c)
 
 
+def test_neighbour_guidance_reaches_the_sampler(comfy):
+    """1 is the plain canvas; 0 draws every patch as if it had no neighbours, i.e. the canvas of an NCP
+    with no extent (same seed, same draws)."""
+    plain = pixels(comfy, comfy.run(image_graph(3, 2, seed=5)))
+    one, zero, alone = image_graph(3, 2, seed=5), image_graph(3, 2, seed=5), image_graph(3, 2, seed=5)
+    one["g"]["inputs"]["neighbour_guidance"] = 1.0
+    zero["g"]["inputs"]["neighbour_guidance"] = 0.0
+    alone["g"]["inputs"].update(e_w=0, e_h=0)
+    assert torch.equal(pixels(comfy, comfy.run(one)), plain)
+    unguided = pixels(comfy, comfy.run(zero))
+    assert torch.equal(unguided, pixels(comfy, comfy.run(alone)))
+    assert not torch.equal(unguided, plain)
+
+
 def test_outpaint_keeps_the_given_patches_and_places_them(comfy):
     """Encode an image, outpaint left by 2 patches: the original tokens sit at column 2 onwards."""
     graph = {**loaders(),

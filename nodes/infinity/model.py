@@ -89,8 +89,10 @@ class SelfAttention(nn.Module):
         return keys, split_heads(values + self.rel_v[rel_n], self.heads)
 
     def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int,
-                rot: Optional[tuple[rope.Rotation, rope.Rotation]]) -> torch.Tensor:
-        """Teacher-forced pass over a whole (normalised) prefix; ``rot``: own query/key rotations or None."""
+                rot: Optional[tuple[rope.Rotation, rope.Rotation]],
+                context_keep_b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Teacher-forced pass over a whole (normalised) prefix; ``rot``: own query/key rotations or None;
+        ``context_keep_b``: which batch rows see the context (neighbour guidance), None = all."""
         q, k, v = self.project(x_bsd)
         k_own = split_heads(k + self.rel_k[center], self.heads)
         v_own = split_heads(v + self.rel_v[center], self.heads)
@@ -105,6 +107,9 @@ class SelfAttention(nn.Module):
             s, n = x_bsd.shape[1], ctx_k.shape[2]
             mask = torch.ones(s, n + s, dtype=torch.bool, device=x_bsd.device)
             mask[:, n:] = torch.ones(s, s, dtype=torch.bool, device=x_bsd.device).tril()
+            if context_keep_b is not None:                                            # [B, 1, s, n + s]
+                mask = mask.expand(x_bsd.shape[0], 1, s, n + s).clone()
+                mask[..., :n] &= context_keep_b.view(-1, 1, 1, 1)
             out = F.scaled_dot_product_attention(q, torch.cat([ctx_k, k_own], 2), torch.cat([ctx_v, v_own], 2),
                                                  attn_mask=mask)
         return self.proj(merge_heads(out))
@@ -152,10 +157,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = MLP(cfg)
 
-    def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV], rot=None):
+    def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV], rot=None,
+                context_keep_b: Optional[torch.Tensor] = None):
         """Returns the block output and the attention's normalised input (the NCP cache entry)."""
         h_bsd = self.norm1(x_bsd)
-        x_bsd = x_bsd + self.attn(h_bsd, context, center, rot)
+        x_bsd = x_bsd + self.attn(h_bsd, context, center, rot, context_keep_b)
         if text is not None:
             x_bsd = x_bsd + self.cross(self.norm_text(x_bsd), text)
         return x_bsd + self.mlp(self.norm2(x_bsd)), h_bsd
@@ -257,11 +263,13 @@ class InfinityTransformer(nn.Module):
             rot = rope.rotation(rope.angles(coords, cfg.head_dim, cfg.rope_axes, cfg.rope_base), hidden.dtype)
         return [block.attn.context(hidden[layer], rel_n, rot) for layer, block in enumerate(self.blocks)]
 
-    def aligned_input(self, context: Sequence[ContextItem]) -> Optional[torch.Tensor]:
+    def aligned_input(self, context: Sequence[ContextItem],
+                      context_keep_b: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """Input shift ``[B, T, dim]`` of each token position from the previous frame (frame alignment).
 
         None when the model has no frame alignment or the context holds no previous frame (a first
-        frame, an image, or e_f = 0).
+        frame, an image, or e_f = 0). Rows that do not see the context (``context_keep_b`` False) get
+        no shift: the previous frame is context too.
         """
         if not self.config.frame_align:
             return None
@@ -269,7 +277,10 @@ class InfinityTransformer(nn.Module):
         if previous is None:
             return None
         layer0_btd = previous.cache.hidden[0].to(self.pos_emb.device, self.pos_emb.dtype)
-        return self.frame_align(layer0_btd)
+        shift_btd = self.frame_align(layer0_btd)
+        if context_keep_b is not None:
+            shift_btd = shift_btd * context_keep_b.to(shift_btd.dtype).view(-1, 1, 1)
+        return shift_btd
 
     def prepare_text(self, text_bld: Optional[torch.Tensor], batch: int) -> list[Optional[LayerKV]]:
         """Per-layer text keys/values, or Nones for a model without a text branch."""
@@ -295,12 +306,14 @@ class InfinityTransformer(nn.Module):
 
     # -- teacher-forced pass ----------------------------------------------------------------------
     def forward(self, tokens_bs: torch.Tensor, context: Sequence[ContextItem] = (), order: int = 0,
-                text: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, PatchCache]:
+                text: Optional[torch.Tensor] = None,
+                context_keep_b: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, PatchCache]:
         """Run a patch (or its first ``s`` tokens) with known tokens in one pass.
 
         Returns logits ``[B, min(s+1, T), n_embed]`` (position j predicts token j) and the patch's
         per-layer cache over its ``s`` given tokens. Used for training, for pre-caching known
-        patches, and as the no-KV-cache reference of the incremental decoder.
+        patches, and as the no-KV-cache reference of the incremental decoder. ``context_keep_b``
+        (bool ``[B]``, neighbour guidance): rows where it is False see no context at all.
         """
         t = self.config.tokens_per_patch
         if tokens_bs.ndim != 2 or tokens_bs.shape[1] > t:
@@ -309,14 +322,14 @@ class InfinityTransformer(nn.Module):
         texts = self.prepare_text(text, tokens_bs.shape[0])
         center = center_index(self.config.trained_extents)
         x = self.embed(tokens_bs, order)
-        aligned_btd = self.aligned_input(context)
+        aligned_btd = self.aligned_input(context, context_keep_b)
         if aligned_btd is not None:
             n = min(x.shape[1], t)            # position j predicts token j: it gets token j's shift
             x = torch.cat([x[:, :n] + aligned_btd[:, :n], x[:, n:]], dim=1)
         hidden = []
         rot = self.own_rotation()
         for block, ctx, txt in zip(self.blocks, contexts, texts):
-            x, h = block(x, ctx, center, txt, rot)
+            x, h = block(x, ctx, center, txt, rot, context_keep_b)
             hidden.append(h[:, 1:])
         logits = self.head(self.norm(x[:, :t]))
         return logits, PatchCache(torch.stack(hidden))
@@ -333,7 +346,8 @@ class PatchDecoder:
 
     @torch.no_grad()
     def __init__(self, model: InfinityTransformer, context: Sequence[ContextItem] = (), order: int = 0,
-                 text: Optional[torch.Tensor] = None, batch: int = 1):
+                 text: Optional[torch.Tensor] = None, batch: int = 1,
+                 context_keep_b: Optional[torch.Tensor] = None):
         cfg = model.config
         self.model = model
         self.order = order
@@ -341,10 +355,14 @@ class PatchDecoder:
         self.center = center_index(cfg.trained_extents)
         self.texts = model.prepare_text(text, batch)
         contexts = model.prepare_context(context)
-        self.aligned = model.aligned_input(context)                                  # [B, T, dim] or None
+        self.aligned = model.aligned_input(context, context_keep_b)                  # [B, T, dim] or None
         self.n_ctx = 0 if contexts[0] is None else contexts[0][0].shape[2]
         dtype, device = model.pos_emb.dtype, model.pos_emb.device
         length = self.n_ctx + self.t + 1
+        self.mask_b11l = None                      # rows without context (neighbour guidance) mask it out
+        if context_keep_b is not None and self.n_ctx:
+            self.mask_b11l = torch.ones(batch, 1, 1, length, dtype=torch.bool, device=device)
+            self.mask_b11l[..., :self.n_ctx] = context_keep_b.view(-1, 1, 1, 1)
         self.k_buf, self.v_buf = [], []
         for ctx in contexts:
             k_buf = torch.empty(batch, cfg.heads, length, cfg.head_dim, dtype=dtype, device=device)
@@ -397,7 +415,9 @@ class PatchDecoder:
             self.v_buf[layer][:, :, end - 1:end] = split_heads(v + self.shift_v[layer], self.heads)
             if s == self.t and layer == last_layer:
                 break                      # the last token is fed only for its keys/values
-            out = F.scaled_dot_product_attention(q, self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end])
+            mask = None if self.mask_b11l is None else self.mask_b11l[..., :end]
+            out = F.scaled_dot_product_attention(q, self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end],
+                                                 attn_mask=mask)
             x = x + attn.proj(merge_heads(out))
             if txt is not None:
                 x = x + block.cross(block.norm_text(x), txt)

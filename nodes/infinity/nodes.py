@@ -59,10 +59,22 @@ def _sampling_inputs():
             sockets.VQGANModel.Input("preview_vqgan", optional=True,
                                      tooltip="Optional: the VQGAN of the model, for a live preview of the "
                                              "growing canvas in the progress bar."),
-            _text_input(), _draws_input(), _guidance_input()]
+            _text_input(), _draws_input(), *_guidance_inputs()]
 
 
-def _guidance_input():
+def _guidance_inputs():
+    return [_text_guidance_input(), _neighbour_guidance_input()]
+
+
+def _neighbour_guidance_input():
+    return io.Float.Input("neighbour_guidance", default=1.0, min=0.0, max=10.0, step=0.05, optional=True,
+                          tooltip="Guidance toward the finished neighbours: 1 = off; above 1 each token weighs "
+                                  "what the patches around it imply against what the patch would be alone, which "
+                                  "closes seams between patches, at one more batch of work per patch. See "
+                                  "BENCHMARKS.md 'Neighbour guidance' for what each value measured.")
+
+
+def _text_guidance_input():
     return io.Float.Input("text_guidance", default=1.0, min=0.0, max=20.0, step=0.5, optional=True,
                           tooltip="Classifier-free guidance of the prompt (text models only): 1 = off; above 1 "
                                   "each token weighs the prompt more against the empty prompt, at twice the work "
@@ -83,7 +95,7 @@ def _text_input():
 
 
 def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None,
-                 draws=MODEL_DEVICE, text_guidance=1.0) -> CanvasState:
+                 draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0) -> CanvasState:
     """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
 
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
@@ -104,7 +116,7 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
     try:
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=condition, progress_unit="token",
             progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget,
-            draws=draws, guidance=text_guidance, empty_text=empty)
+            draws=draws, guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance)
     except mm.InterruptProcessingException:
         path = _save_path("interrupted")
         state.save(path)
@@ -241,11 +253,11 @@ class InfinityGenerateCanvas(io.ComfyNode):
     @classmethod
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
                 temperature, top_k, preview_vqgan=None, text=None, draws=MODEL_DEVICE,
-                text_guidance=1.0) -> io.NodeOutput:
+                text_guidance=1.0, neighbour_guidance=1.0) -> io.NodeOutput:
         state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
                                       Extents(e_w, e_h, e_f), wrap), order)
         return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance))
+                                          text_guidance, neighbour_guidance))
 
 
 class InfinityOutpaintStep(io.ComfyNode):
@@ -273,7 +285,8 @@ class InfinityOutpaintStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
-                preview_vqgan=None, text=None, draws=MODEL_DEVICE, text_guidance=1.0) -> io.NodeOutput:
+                preview_vqgan=None, text=None, draws=MODEL_DEVICE, text_guidance=1.0,
+                neighbour_guidance=1.0) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "next frames" and state.extents.f < 1:
             raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
@@ -283,7 +296,7 @@ class InfinityOutpaintStep(io.ComfyNode):
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
         return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance))
+                                          text_guidance, neighbour_guidance))
 
 
 class InfinityResume(io.ComfyNode):
@@ -303,14 +316,14 @@ class InfinityResume(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
-                text=None, draws=MODEL_DEVICE, text_guidance=1.0) -> io.NodeOutput:
+                text=None, draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0) -> io.NodeOutput:
         state.require_model(model.model)
         if state.step >= len(state.plan.flat):
             raise BoundlessError("Infinity Resume: this state has nothing left to generate (its plan is finished, or "
                                  "it never had one, like a blank NCP State). Use Infinity Outpaint Step ('fill' "
                                  "generates a state's unknown patches) or Generate Canvas instead")
         return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text,
-                                          draws, text_guidance))
+                                          draws, text_guidance, neighbour_guidance))
 
 
 class NCPStateToTokens(io.ComfyNode):
@@ -496,7 +509,7 @@ class InfinityStreamCanvas(io.ComfyNode):
                     *_extent_inputs(), *_sampling_inputs()[:3],
                     io.String.Input("filename_prefix", default="boundless/infinity_stream",
                                     tooltip="Path under output/ (without extension) of the .tif file."),
-                    _text_input(), _draws_input(), _guidance_input()],
+                    _text_input(), _draws_input(), *_guidance_inputs()],
             outputs=[NCPState.Output(display_name="state",
                                      tooltip="The final canvas state (tokens of the whole canvas): connect it to "
                                              "Save NCP State to keep it, or to an Outpaint Step to extend it."),
@@ -506,7 +519,8 @@ class InfinityStreamCanvas(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
-                filename_prefix, text=None, draws=MODEL_DEVICE, text_guidance=1.0) -> io.NodeOutput:
+                filename_prefix, text=None, draws=MODEL_DEVICE, text_guidance=1.0,
+                neighbour_guidance=1.0) -> io.NodeOutput:
         net, tokenizer = comfy_glue.load_together(model, vqgan)
         condition = text_condition(net, text)
         empty = guidance_text(net, text, text_guidance)
@@ -518,7 +532,7 @@ class InfinityStreamCanvas(io.ComfyNode):
         result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,
                                temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f), text=condition,
                                progress=comfy_glue.progress_reporter(width_patches * height_patches), draws=draws,
-                               guidance=text_guidance, empty_text=empty)
+                               guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance)
         logging.info("[Boundless] wrote %dx%d px canvas to %s", result.width, result.height, path)
         return io.NodeOutput(result.state, result.preview.to(comfy_glue.output_device()),
                              ui={"text": [f"{os.path.join(subfolder, os.path.basename(path))} "

@@ -103,57 +103,108 @@ def check_memory(model: InfinityTransformer, state: CanvasState, max_pool_bytes:
     return peak
 
 
-def with_unconditional(context: list[ContextItem], text_bld: torch.Tensor, empty_bld: Optional[torch.Tensor],
-                       batch: int) -> tuple[list[ContextItem], torch.Tensor]:
-    """One batch of ``2B`` rows for text guidance: the prompt's states on the first ``B`` rows, the
-    empty prompt's on the last ``B``, and every context cache repeated for both halves.
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    """Guidance of a generated patch: which rows it runs and how their logits mix.
 
-    The unconditional half reads the same neighbours (cached under the prompt): guidance then asks
-    what *this patch* should add for the prompt beyond what its neighbours already say, and costs one
-    doubled batch per patch instead of a second NCP."""
-    if empty_bld is None:
-        raise BoundlessError("text guidance needs the empty prompt's states (Encode Text makes them); "
-                             "set text_guidance to 1 or encode the prompt with Encode Text")
-    if empty_bld.shape[1:] != text_bld.shape[1:]:
-        raise BoundlessError(f"the empty prompt's states {tuple(empty_bld.shape)} do not match the prompt's "
-                             f"{tuple(text_bld.shape)}; encode both with the same text encoder")
-    doubled = [dataclasses.replace(item, cache=PatchCache(torch.cat([item.cache.hidden] * 2, dim=1)))
-               for item in context]
-    text_2bld = torch.cat([text_bld.expand(batch, -1, -1), empty_bld.to(text_bld).expand(batch, -1, -1)])
-    return doubled, text_2bld
+    Rows come in groups of ``B``: the patch as it is (context and prompt), then, for each scale that
+    is not 1, the same patch with one condition taken away — the prompt (``text``: classifier-free
+    guidance against the empty prompt) or the neighbours (``neighbours``: no NCP context, and no
+    previous-frame shift). Each token is drawn from ``base + Σ (g - 1) · (base - without)``, so one
+    scale alone is the usual ``without + g · (base - without)``, every group is fed the drawn token,
+    and the patch's cache is the base group's. All groups run as one batch: one decoder, one graph.
+    """
+
+    text: float = 1.0
+    neighbours: float = 1.0
+
+    @property
+    def scales(self) -> list[float]:
+        return [g for g in (self.text, self.neighbours) if g != 1.0]
+
+    @property
+    def groups(self) -> int:
+        return 1 + len(self.scales)
+
+    def mix(self, logits_nv: torch.Tensor) -> torch.Tensor:
+        """``[groups · B, V]`` logits of all rows → ``[B, V]`` guided logits (float32)."""
+        if self.groups == 1:
+            return logits_nv
+        base_bv, *without = logits_nv.float().chunk(self.groups)
+        if len(without) == 1:              # the usual form: at g = 0 exactly the other group's logits
+            return without[0] + self.scales[0] * (base_bv - without[0])
+        mixed_bv = base_bv
+        for scale, other_bv in zip(self.scales, without):
+            mixed_bv = mixed_bv + (scale - 1.0) * (base_bv - other_bv)
+        return mixed_bv
+
+
+def guided_rows(guidance: Guidance, context: list[ContextItem], text_bld: Optional[torch.Tensor],
+                empty_bld: Optional[torch.Tensor], batch: int, device: torch.device
+                ) -> tuple[list[ContextItem], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The ``guidance.groups · B`` rows of one guided patch: every context cache repeated per group,
+    the text per row (the empty prompt's in the text group), and which rows see the context
+    (bool ``[groups · B]``; None when all do).
+
+    Every group reads the same neighbours' caches (made under the prompt): text guidance then asks
+    what *this patch* should add for the prompt beyond what its neighbours already say, at the cost
+    of a bigger batch per patch rather than a second NCP."""
+    if guidance.groups == 1:
+        return context, text_bld, None
+    texts, keep = [], []
+    if text_bld is not None:
+        texts.append(text_bld.expand(batch, -1, -1))
+    keep.append(True)
+    if guidance.text != 1.0:
+        if empty_bld is None:
+            raise BoundlessError("text guidance needs the empty prompt's states (Encode Text makes them); "
+                                 "set text_guidance to 1 or encode the prompt with Encode Text")
+        if empty_bld.shape[1:] != text_bld.shape[1:]:
+            raise BoundlessError(f"the empty prompt's states {tuple(empty_bld.shape)} do not match the prompt's "
+                                 f"{tuple(text_bld.shape)}; encode both with the same text encoder")
+        texts.append(empty_bld.to(text_bld).expand(batch, -1, -1))
+        keep.append(True)
+    if guidance.neighbours != 1.0:
+        if text_bld is not None:
+            texts.append(text_bld.expand(batch, -1, -1))
+        keep.append(False)
+    groups = guidance.groups
+    repeated = [dataclasses.replace(item, cache=PatchCache(torch.cat([item.cache.hidden] * groups, dim=1)))
+                for item in context]
+    text_nld = torch.cat(texts) if texts else None
+    keep_n = torch.tensor(keep, device=device).repeat_interleave(batch) if not all(keep) else None
+    return repeated, text_nld, keep_n
 
 
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
                   draws: Draws, temperature: float, top_k: int, use_kv_cache: bool,
                   on_token: Callable[[int], None],
                   static: Optional[tuple[StaticDecoder, GraphStep]] = None,
-                  guidance: float = 1.0) -> tuple[torch.Tensor, PatchCache]:
+                  guidance: Guidance = Guidance(),
+                  context_keep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, PatchCache]:
     """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache.
 
-    guidance != 1: ``batch`` is ``2B`` rows laid out by ``with_unconditional``; each token is drawn
-    from ``uncond + guidance · (cond - uncond)`` of the logits, fed to both halves, and the cache
-    returned is the conditional half's."""
+    With guidance ``batch`` is ``groups · B`` rows laid out by ``guided_rows``: each token is drawn from
+    ``guidance.mix`` of the rows' logits and fed to every group; the cache returned is the base
+    group's."""
     t = model.config.tokens_per_patch
     device = model.pos_emb.device
-    guided = guidance != 1.0
-    out_b = batch // 2 if guided else batch
+    groups = guidance.groups
+    out_b = batch // groups
     tokens = torch.empty(out_b, t, dtype=torch.int64, device=device)
 
     def pick(logits_nv: torch.Tensor) -> torch.Tensor:
-        if guided:
-            cond_bv, uncond_bv = logits_nv.float().chunk(2)
-            logits_nv = uncond_bv + guidance * (cond_bv - uncond_bv)
-        return sample_token(logits_nv, draws, temperature, top_k)
+        return sample_token(guidance.mix(logits_nv), draws, temperature, top_k)
 
     def fed(tokens_b: torch.Tensor) -> torch.Tensor:
-        return torch.cat([tokens_b, tokens_b]) if guided else tokens_b
+        return torch.cat([tokens_b] * groups) if groups > 1 else tokens_b
 
     def own(cache: PatchCache) -> PatchCache:
-        return PatchCache(cache.hidden[:, :out_b]) if guided else cache
+        return PatchCache(cache.hidden[:, :out_b]) if groups > 1 else cache
 
     if static is not None:
         decoder, step = static
-        decoder.begin(context, order, text)
+        decoder.begin(context, order, text, context_keep)
         step()
         for i in range(t):
             tokens[:, i] = pick(decoder.logits)
@@ -163,7 +214,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
                 on_token(i + 1)
         return tokens, own(decoder.cache())
     if use_kv_cache:
-        decoder = PatchDecoder(model, context, order, text, batch)
+        decoder = PatchDecoder(model, context, order, text, batch, context_keep)
         logits = decoder.step(None)
         for i in range(t):
             tokens[:, i] = pick(logits)
@@ -172,11 +223,11 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
                 on_token(i + 1)
         return tokens, own(decoder.cache())
     for i in range(t):
-        logits, _ = model(fed(tokens[:, :i]), context, order, text)
+        logits, _ = model(fed(tokens[:, :i]), context, order, text, context_keep)
         tokens[:, i] = pick(logits[:, i])
         if i + 1 < t:
             on_token(i + 1)
-    _, cache = model(fed(tokens), context, order, text)
+    _, cache = model(fed(tokens), context, order, text, context_keep)
     return tokens, own(cache)
 
 
@@ -185,7 +236,8 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         top_k: int = 0, text: TextCondition = None, progress: Progress = no_progress,
         progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
         max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE,
-        decoder: str = "auto", guidance: float = 1.0, empty_text: Optional[torch.Tensor] = None) -> RunStats:
+        decoder: str = "auto", guidance: float = 1.0, empty_text: Optional[torch.Tensor] = None,
+        neighbour_guidance: float = 1.0) -> RunStats:
     """Advance ``state`` (in place) through the rest of its plan; return statistics.
 
     progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
@@ -199,11 +251,18 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     ``guidance``: classifier-free guidance of the text, with ``empty_text`` (``[1, L, C]``, the empty
     prompt's states, which caption dropout trained as "no text"): 1 samples the model as it is, larger
     values follow the prompt more closely, at twice the batch per generated patch.
+
+    ``neighbour_guidance``: the same contrast between the patch with and without its NCP context:
+    above 1 each token leans further toward what the neighbours imply, which is what closes seams
+    (BENCHMARKS.md "Neighbour guidance"); one more group of rows per patch. See ``Guidance``.
     """
     if guidance < 0:
         raise BoundlessError(f"text guidance must be >= 0 (1 = off), got {guidance}")
+    if neighbour_guidance < 0:
+        raise BoundlessError(f"neighbour guidance must be >= 0 (1 = off), got {neighbour_guidance}")
     if guidance != 1.0 and text is None:
         raise BoundlessError("text guidance needs a prompt: connect text, or set text_guidance to 1")
+    guide = Guidance(text=guidance, neighbours=neighbour_guidance)
     if progress_unit not in ("patch", "token"):
         raise BoundlessError(f"progress_unit must be 'patch' or 'token', got {progress_unit!r}")
     if decoder not in DECODERS:
@@ -244,16 +303,14 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                 if progress_unit == "token":
                     progress(base + i, total, None)
 
-            rows = state.batch
-            if guidance != 1.0:
-                context, text_now = with_unconditional(context, text_now, empty_text, state.batch)
-                rows = 2 * state.batch
+            rows = guide.groups * state.batch
+            context, text_now, keep = guided_rows(guide, context, text_now, empty_text, state.batch, device)
             if use_static and static is None:      # built once per run, at its first generated patch
                 built = StaticDecoder(model, rows, state.extents.cells * t,
                                       0 if text_now is None else text_now.shape[1])
                 static = (built, GraphStep(built))
             tokens_bt, cache = _sample_patch(model, context, order, text_now, rows, patch_draws,
-                                             temperature, top_k, use_kv_cache, on_token, static, guidance)
+                                             temperature, top_k, use_kv_cache, on_token, static, guide, keep)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(tokens_bt.to(device), context, order, text_now)

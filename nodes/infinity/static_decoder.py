@@ -6,7 +6,8 @@ on a GPU costs more than the arithmetic of a small batch. ``StaticDecoder`` comp
 function on buffers allocated once per run:
 
 * context keys/values of a patch are copied into fixed slots ``[0, max_context)``, unused slots are
-  masked; the patch's own keys/values go to slots ``max_context + s``;
+  masked (and so is the whole context for rows that neighbour guidance runs without it); the
+  patch's own keys/values go to slots ``max_context + s``;
 * the position ``s`` and the previous token live in device tensors, and every table is read with
   ``index_select`` on them, so no host value enters the step;
 * the step writes its logits into one output buffer.
@@ -48,6 +49,7 @@ class StaticDecoder:
         self.v_buf = [torch.zeros_like(k) for k in self.k_buf]
         self.context_index = torch.arange(self.max_context, device=device)
         self.context_valid = torch.zeros(self.max_context, dtype=torch.bool, device=device)
+        self.context_keep_b = torch.ones(batch, dtype=torch.bool, device=device)   # rows that see the context
         self.own_index = torch.arange(self.t + 1, device=device)
         self.position = torch.zeros((), dtype=torch.int64, device=device)        # s
         self.token_b = torch.zeros(batch, dtype=torch.int64, device=device)     # the token fed at s >= 1
@@ -70,8 +72,10 @@ class StaticDecoder:
         self.k_rot = None if rot is None else rot[1]
 
     @torch.no_grad()
-    def begin(self, context: Sequence[ContextItem], order: int, text: Optional[torch.Tensor]) -> None:
-        """Load one patch's context, order and text into the fixed buffers; reset the position."""
+    def begin(self, context: Sequence[ContextItem], order: int, text: Optional[torch.Tensor],
+              context_keep_b: Optional[torch.Tensor] = None) -> None:
+        """Load one patch's context, order and text into the fixed buffers; reset the position.
+        ``context_keep_b`` (bool ``[B]``, neighbour guidance): rows where it is False see no context."""
         model = self.model
         contexts = model.prepare_context(context)
         n_ctx = 0 if contexts[0] is None else contexts[0][0].shape[2]
@@ -83,8 +87,12 @@ class StaticDecoder:
                 self.k_buf[layer][:, :, :n_ctx].copy_(ctx[0])
                 self.v_buf[layer][:, :, :n_ctx].copy_(ctx[1])
         self.context_valid.copy_(self.context_index < n_ctx)
+        if context_keep_b is None:
+            self.context_keep_b.fill_(True)
+        else:
+            self.context_keep_b.copy_(context_keep_b)
         self.order_row.copy_(model.order_emb[order])
-        aligned = model.aligned_input(context)
+        aligned = model.aligned_input(context, context_keep_b)
         if self.aligned is not None:
             self.aligned_on.fill_(0.0 if aligned is None else 1.0)
             if aligned is not None:
@@ -107,7 +115,9 @@ class StaticDecoder:
             inside = (s < self.t).to(x.dtype) * self.aligned_on
             x = x + self.aligned.index_select(1, s1.clamp(max=self.t - 1))[:, 0] * inside
         x = x[:, None]                                                                   # [B, 1, dim]
-        mask = torch.cat([self.context_valid, self.own_index <= s]).view(1, -1)         # [1, L]
+        own_l = (self.own_index <= s).expand(self.batch, -1)
+        context_bl = self.context_valid & self.context_keep_b[:, None]
+        mask = torch.cat([context_bl, own_l], dim=1)[:, None, None]                      # [B, 1, 1, L]
         slot = s1 + self.max_context
         for layer, block in enumerate(model.blocks):
             attn = block.attn
