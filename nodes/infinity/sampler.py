@@ -138,23 +138,29 @@ class Guidance:
             mixed_bv = mixed_bv + (scale - 1.0) * (base_bv - other_bv)
         return mixed_bv
 
+    def context_keep(self, batch: int, device: torch.device) -> Optional[torch.Tensor]:
+        """Which of the ``groups · B`` rows see the NCP context (bool, on ``device``); None when all do."""
+        if self.neighbours == 1.0:
+            return None
+        keep_g = torch.ones(self.groups, dtype=torch.bool)
+        keep_g[-1] = False                                   # the neighbour group is always the last
+        return keep_g.repeat_interleave(batch).to(device)
+
 
 def guided_rows(guidance: Guidance, context: list[ContextItem], text_bld: Optional[torch.Tensor],
-                empty_bld: Optional[torch.Tensor], batch: int, device: torch.device
-                ) -> tuple[list[ContextItem], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The ``guidance.groups · B`` rows of one guided patch: every context cache repeated per group,
-    the text per row (the empty prompt's in the text group), and which rows see the context
-    (bool ``[groups · B]``; None when all do).
+                empty_bld: Optional[torch.Tensor], batch: int) -> tuple[list[ContextItem], Optional[torch.Tensor]]:
+    """The ``guidance.groups · B`` rows of one guided patch: every context cache repeated per group and
+    the text per row (the empty prompt's in the text group); ``Guidance.context_keep`` says which
+    rows see the context.
 
     Every group reads the same neighbours' caches (made under the prompt): text guidance then asks
     what *this patch* should add for the prompt beyond what its neighbours already say, at the cost
     of a bigger batch per patch rather than a second NCP."""
     if guidance.groups == 1:
-        return context, text_bld, None
-    texts, keep = [], []
+        return context, text_bld
+    texts = []
     if text_bld is not None:
         texts.append(text_bld.expand(batch, -1, -1))
-    keep.append(True)
     if guidance.text != 1.0:
         if empty_bld is None:
             raise BoundlessError("text guidance needs the empty prompt's states (Encode Text makes them); "
@@ -163,17 +169,12 @@ def guided_rows(guidance: Guidance, context: list[ContextItem], text_bld: Option
             raise BoundlessError(f"the empty prompt's states {tuple(empty_bld.shape)} do not match the prompt's "
                                  f"{tuple(text_bld.shape)}; encode both with the same text encoder")
         texts.append(empty_bld.to(text_bld).expand(batch, -1, -1))
-        keep.append(True)
-    if guidance.neighbours != 1.0:
-        if text_bld is not None:
-            texts.append(text_bld.expand(batch, -1, -1))
-        keep.append(False)
+    if guidance.neighbours != 1.0 and text_bld is not None:
+        texts.append(text_bld.expand(batch, -1, -1))
     groups = guidance.groups
     repeated = [dataclasses.replace(item, cache=PatchCache(torch.cat([item.cache.hidden] * groups, dim=1)))
                 for item in context]
-    text_nld = torch.cat(texts) if texts else None
-    keep_n = torch.tensor(keep, device=device).repeat_interleave(batch) if not all(keep) else None
-    return repeated, text_nld, keep_n
+    return repeated, torch.cat(texts) if texts else None
 
 
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
@@ -263,6 +264,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     if guidance != 1.0 and text is None:
         raise BoundlessError("text guidance needs a prompt: connect text, or set text_guidance to 1")
     guide = Guidance(text=guidance, neighbours=neighbour_guidance)
+    keep = guide.context_keep(state.batch, model.pos_emb.device)
     if progress_unit not in ("patch", "token"):
         raise BoundlessError(f"progress_unit must be 'patch' or 'token', got {progress_unit!r}")
     if decoder not in DECODERS:
@@ -304,7 +306,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                     progress(base + i, total, None)
 
             rows = guide.groups * state.batch
-            context, text_now, keep = guided_rows(guide, context, text_now, empty_text, state.batch, device)
+            context, text_now = guided_rows(guide, context, text_now, empty_text, state.batch)
             if use_static and static is None:      # built once per run, at its first generated patch
                 built = StaticDecoder(model, rows, state.extents.cells * t,
                                       0 if text_now is None else text_now.shape[1])
