@@ -213,6 +213,7 @@ def main(argv=None) -> dict:
     p.add_argument("--neighbour-guidance", default="1",
                    help="comma-separated neighbour-guidance scales, each measured for every model (1 = off)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed of canvases, wrap canvases and outpainting")
+    p.add_argument("--timing-only", action="store_true", help="only the interleaved seconds per patch")
     args = p.parse_args(argv)
     SAMPLING.update(temperature=args.temperature, top_k=args.top_k)
     torch.set_num_threads(args.threads)
@@ -231,6 +232,11 @@ def main(argv=None) -> dict:
     scales = [float(g) for g in args.neighbour_guidance.split(",")]
     variants = {name if scales == [1.0] else f"{name}@g{g:g}": (model, {"neighbour_guidance": g})
                 for name, model in models.items() for g in scales}
+    if args.timing_only:
+        result = {"config": {"threads": args.threads, "timing_rounds": args.timing_rounds, **SAMPLING},
+                  "seconds_per_patch_interleaved": interleaved_seconds_per_patch(variants, args.timing_rounds)}
+        print(json.dumps(result))
+        return result
     first = next(iter(models.values()))
     ph, pw = first.config.patch_h, first.config.patch_w
     patch_px = pw * vqgan.factor

@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
     p.add_argument("--classifier-scenes", type=int, default=120, help="held-out renders the classifiers fit on")
     p.add_argument("--prompts", type=int, default=24, help="held-out scenes prompted (each: caption + paraphrase)")
     p.add_argument("--guidance", default="1", help="comma list of text-guidance scales (1 = off)")
+    p.add_argument("--neighbour-guidance", type=float, default=1.0, help="neighbour guidance of every canvas (1 = off)")
     p.add_argument("--save-examples", type=pathlib.Path, help="write the first 4 canvases of each setting here")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -141,7 +142,8 @@ def main(argv=None) -> dict:
 
     scenes = [scene_mod.sample_scene(seed) for seed in range(PROMPT_SEED, PROMPT_SEED + args.prompts)]
     truth = [attributes(scene) for scene in scenes]
-    result = {"config": {"classifier_scenes": args.classifier_scenes, "prompts": args.prompts},
+    result = {"config": {"classifier_scenes": args.classifier_scenes, "prompts": args.prompts,
+                         "neighbour_guidance": args.neighbour_guidance},
               "classifier_on_held_out_round_trips": ceiling,
               "chance": {name: round(max(np.mean([t[name] == v for t in truth]) for v in {t[name] for t in truth}), 3)
                          for name in ATTRIBUTES},
@@ -156,7 +158,7 @@ def main(argv=None) -> dict:
             for i, text in enumerate(states):
                 state = sampler.generate_canvas(model, 4, 2, order="right", extents=config_mod.Extents(1, 1, 0),
                                                 text=text, seed=i, temperature=1.0, top_k=64, guidance=guidance,
-                                                empty_text=empty)
+                                                empty_text=empty, neighbour_guidance=args.neighbour_guidance)
                 with torch.no_grad():
                     image = ((vqgan.decode_indices(state.tokens[0, 0][None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
                 feats.append(reader.feature(image))

@@ -73,8 +73,9 @@ def main(argv=None) -> dict:
     p.add_argument("--top-k", type=int, default=SAMPLING["top_k"], help="sampling top-k (0 = all codes)")
     p.add_argument("--stability", type=float, default=STABILITY,
                    help="temporal hysteresis of the true clips' tokens: the one the model was trained with")
+    p.add_argument("--neighbour-guidance", type=float, default=1.0, help="neighbour guidance of the sampler (1 = off)")
     args = p.parse_args(argv)
-    SAMPLING.update(temperature=args.temperature, top_k=args.top_k)
+    SAMPLING.update(temperature=args.temperature, top_k=args.top_k, neighbour_guidance=args.neighbour_guidance)
     torch.set_num_threads(args.threads)
     vqgan = vq_loader.load_vqgan(str(args.vqgan)).eval()
     model = checkpoint.load_infinity(str(args.model)).eval()

@@ -79,28 +79,30 @@ def test_guidance_zero_samples_each_patch_as_if_it_had_no_neighbours(decoder, us
     assert not torch.equal(with_context.tokens, alone.tokens)
 
 
-def test_masked_rows_of_one_decoder_equal_a_decoder_without_context():
-    """One batch, two groups: the kept rows' logits are the decoder's with the context, the masked
-    rows' those of a decoder given no context at all (the static and the KV-cache decoder alike)."""
-    model = sharp_model(5)
+def test_rows_without_context_equal_a_decoder_given_none():
+    """One batch, two groups over one row of context caches: the first row's logits are the decoder's
+    with the context, the second's those of a decoder given no context at all (the static and the
+    KV-cache decoder alike; frame alignment included)."""
+    model = sharp_model(5, frame_align=True)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.frame_align.weight, std=0.5, generator=torch.Generator().manual_seed(5))
     t = model.config.tokens_per_patch
     with torch.no_grad():
         left = torch.randint(0, 64, (1, t), generator=torch.Generator().manual_seed(1))
         _, cache = model(left)
-    context = [ncp.ContextItem((0, 0, 0), (-1, 0, 0), cache)]
-    doubled = [ncp.ContextItem((0, 0, 0), (-1, 0, 0), ncp.PatchCache(torch.cat([cache.hidden] * 2, dim=1)))]
-    keep = torch.tensor([True, False])
+    context = [ncp.ContextItem((0, 0, 0), (-1, 0, 0), cache), ncp.ContextItem((0, 0, 0), (0, 0, -1), cache)]
     with torch.no_grad():
-        both = model_mod.PatchDecoder(model, doubled, 0, None, 2, keep)
+        both = model_mod.PatchDecoder(model, context, 0, None, 2, context_rows=1)
         with_ctx = model_mod.PatchDecoder(model, context, 0, None, 1)
         alone = model_mod.PatchDecoder(model, [], 0, None, 1)
         static = sampler.StaticDecoder(model, 2, model.config.trained_extents.cells * t)
-        static.begin(doubled, 0, None, keep)
+        static.begin(context, 0, None, context_rows=1)
         token = None
         for s in range(t):
             logits = both.step(None if token is None else token.repeat(2))
             static.step()
             expected = torch.cat([with_ctx.step(token), alone.step(token)])
+            assert not torch.allclose(expected[0], expected[1], atol=1e-3)
             torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(static.logits, expected, rtol=1e-5, atol=1e-5)
             token = expected[:1].argmax(-1)

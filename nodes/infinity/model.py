@@ -14,6 +14,11 @@ In every layer the self-attention keys/values are ``[context patches ‖ own cau
   between two tokens and a patch finds the neighbour tokens it continues (the old design could not,
   BENCHMARKS.md "Continuity").
 
+Guided sampling (``sampler.Guidance``) runs a patch in row groups of one batch. Context caches then
+hold fewer rows than the batch (one group's worth) and their keys/values are repeated per group, and
+``context_rows`` says how many leading rows see the context at all: the rest are the same patch
+without its neighbours (neighbour guidance), whose attention covers only their own tokens.
+
 A finished patch's cache is each layer's normalised input at positions 1..T, i.e. one entry per
 token, so every token, the last included, is visible to later patches. Projecting context states
 with the current weights (rather than caching projected keys/values) is what lets training teach
@@ -61,6 +66,16 @@ def merge_heads(x_bhnd: torch.Tensor) -> torch.Tensor:
     return x_bhnd.transpose(1, 2).reshape(b, n, h * d)
 
 
+def repeat_rows(x_b: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with its batch repeated (as whole groups) to ``rows`` rows; the same tensor when it has them."""
+    b = x_b.shape[0]
+    if b == rows:
+        return x_b
+    if rows % b:
+        raise BoundlessError(f"cannot spread {b} rows of context over a batch of {rows}")
+    return x_b.repeat(rows // b, *[1] * (x_b.ndim - 1))
+
+
 class SelfAttention(nn.Module):
     """Causal self-attention over the patch, with context keys/values of NCP patches in front."""
 
@@ -90,9 +105,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x_bsd: torch.Tensor, context: Optional[LayerKV], center: int,
                 rot: Optional[tuple[rope.Rotation, rope.Rotation]],
-                context_keep_b: Optional[torch.Tensor] = None) -> torch.Tensor:
+                context_rows: Optional[int] = None) -> torch.Tensor:
         """Teacher-forced pass over a whole (normalised) prefix; ``rot``: own query/key rotations or None;
-        ``context_keep_b``: which batch rows see the context (neighbour guidance), None = all."""
+        ``context_rows``: how many leading rows see the context (None: all)."""
         q, k, v = self.project(x_bsd)
         k_own = split_heads(k + self.rel_k[center], self.heads)
         v_own = split_heads(v + self.rel_v[center], self.heads)
@@ -103,13 +118,13 @@ class SelfAttention(nn.Module):
         if context is None:
             out = F.scaled_dot_product_attention(q, k_own, v_own, is_causal=True)
         else:
-            ctx_k, ctx_v = context
-            s, n = x_bsd.shape[1], ctx_k.shape[2]
+            ctx_k, ctx_v = (repeat_rows(kv, x_bsd.shape[0]) for kv in context)
+            b, s, n = x_bsd.shape[0], x_bsd.shape[1], ctx_k.shape[2]
             mask = torch.ones(s, n + s, dtype=torch.bool, device=x_bsd.device)
             mask[:, n:] = torch.ones(s, s, dtype=torch.bool, device=x_bsd.device).tril()
-            if context_keep_b is not None:                                            # [B, 1, s, n + s]
-                mask = mask.expand(x_bsd.shape[0], 1, s, n + s).clone()
-                mask[..., :n] &= context_keep_b.view(-1, 1, 1, 1)
+            if context_rows is not None and context_rows < b:                         # [B, 1, s, n + s]
+                mask = mask.expand(b, 1, s, n + s).clone()
+                mask[context_rows:, :, :, :n] = False
             out = F.scaled_dot_product_attention(q, torch.cat([ctx_k, k_own], 2), torch.cat([ctx_v, v_own], 2),
                                                  attn_mask=mask)
         return self.proj(merge_heads(out))
@@ -158,10 +173,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x_bsd, context: Optional[LayerKV], center: int, text: Optional[LayerKV], rot=None,
-                context_keep_b: Optional[torch.Tensor] = None):
+                context_rows: Optional[int] = None):
         """Returns the block output and the attention's normalised input (the NCP cache entry)."""
         h_bsd = self.norm1(x_bsd)
-        x_bsd = x_bsd + self.attn(h_bsd, context, center, rot, context_keep_b)
+        x_bsd = x_bsd + self.attn(h_bsd, context, center, rot, context_rows)
         if text is not None:
             x_bsd = x_bsd + self.cross(self.norm_text(x_bsd), text)
         return x_bsd + self.mlp(self.norm2(x_bsd)), h_bsd
@@ -263,13 +278,13 @@ class InfinityTransformer(nn.Module):
             rot = rope.rotation(rope.angles(coords, cfg.head_dim, cfg.rope_axes, cfg.rope_base), hidden.dtype)
         return [block.attn.context(hidden[layer], rel_n, rot) for layer, block in enumerate(self.blocks)]
 
-    def aligned_input(self, context: Sequence[ContextItem],
-                      context_keep_b: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    def aligned_input(self, context: Sequence[ContextItem], batch: Optional[int] = None,
+                      context_rows: Optional[int] = None) -> Optional[torch.Tensor]:
         """Input shift ``[B, T, dim]`` of each token position from the previous frame (frame alignment).
 
         None when the model has no frame alignment or the context holds no previous frame (a first
-        frame, an image, or e_f = 0). Rows that do not see the context (``context_keep_b`` False) get
-        no shift: the previous frame is context too.
+        frame, an image, or e_f = 0). With ``batch`` the shift is repeated to that many rows, and rows
+        from ``context_rows`` on get none: the previous frame is context too.
         """
         if not self.config.frame_align:
             return None
@@ -278,8 +293,11 @@ class InfinityTransformer(nn.Module):
             return None
         layer0_btd = previous.cache.hidden[0].to(self.pos_emb.device, self.pos_emb.dtype)
         shift_btd = self.frame_align(layer0_btd)
-        if context_keep_b is not None:
-            shift_btd = shift_btd * context_keep_b.to(shift_btd.dtype).view(-1, 1, 1)
+        if batch is not None:
+            shift_btd = repeat_rows(shift_btd, batch)
+        if context_rows is not None and context_rows < shift_btd.shape[0]:
+            shift_btd = shift_btd.clone()
+            shift_btd[context_rows:] = 0
         return shift_btd
 
     def prepare_text(self, text_bld: Optional[torch.Tensor], batch: int) -> list[Optional[LayerKV]]:
@@ -307,13 +325,13 @@ class InfinityTransformer(nn.Module):
     # -- teacher-forced pass ----------------------------------------------------------------------
     def forward(self, tokens_bs: torch.Tensor, context: Sequence[ContextItem] = (), order: int = 0,
                 text: Optional[torch.Tensor] = None,
-                context_keep_b: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, PatchCache]:
+                context_rows: Optional[int] = None) -> tuple[torch.Tensor, PatchCache]:
         """Run a patch (or its first ``s`` tokens) with known tokens in one pass.
 
         Returns logits ``[B, min(s+1, T), n_embed]`` (position j predicts token j) and the patch's
         per-layer cache over its ``s`` given tokens. Used for training, for pre-caching known
-        patches, and as the no-KV-cache reference of the incremental decoder. ``context_keep_b``
-        (bool ``[B]``, neighbour guidance): rows where it is False see no context at all.
+        patches, and as the no-KV-cache reference of the incremental decoder. Guided rows: see the
+        module docstring (``context_rows``: how many leading rows see the context; None = all).
         """
         t = self.config.tokens_per_patch
         if tokens_bs.ndim != 2 or tokens_bs.shape[1] > t:
@@ -322,14 +340,14 @@ class InfinityTransformer(nn.Module):
         texts = self.prepare_text(text, tokens_bs.shape[0])
         center = center_index(self.config.trained_extents)
         x = self.embed(tokens_bs, order)
-        aligned_btd = self.aligned_input(context, context_keep_b)
+        aligned_btd = self.aligned_input(context, tokens_bs.shape[0], context_rows)
         if aligned_btd is not None:
             n = min(x.shape[1], t)            # position j predicts token j: it gets token j's shift
             x = torch.cat([x[:, :n] + aligned_btd[:, :n], x[:, n:]], dim=1)
         hidden = []
         rot = self.own_rotation()
         for block, ctx, txt in zip(self.blocks, contexts, texts):
-            x, h = block(x, ctx, center, txt, rot, context_keep_b)
+            x, h = block(x, ctx, center, txt, rot, context_rows)
             hidden.append(h[:, 1:])
         logits = self.head(self.norm(x[:, :t]))
         return logits, PatchCache(torch.stack(hidden))
@@ -346,8 +364,7 @@ class PatchDecoder:
 
     @torch.no_grad()
     def __init__(self, model: InfinityTransformer, context: Sequence[ContextItem] = (), order: int = 0,
-                 text: Optional[torch.Tensor] = None, batch: int = 1,
-                 context_keep_b: Optional[torch.Tensor] = None):
+                 text: Optional[torch.Tensor] = None, batch: int = 1, context_rows: Optional[int] = None):
         cfg = model.config
         self.model = model
         self.order = order
@@ -355,21 +372,20 @@ class PatchDecoder:
         self.center = center_index(cfg.trained_extents)
         self.texts = model.prepare_text(text, batch)
         contexts = model.prepare_context(context)
-        self.aligned = model.aligned_input(context, context_keep_b)                  # [B, T, dim] or None
+        self.aligned = model.aligned_input(context, batch, context_rows)             # [B, T, dim] or None
         self.n_ctx = 0 if contexts[0] is None else contexts[0][0].shape[2]
+        # Rows from context_rows on (neighbour guidance) never read the context: their attention
+        # covers only their own slots, so they cost no context work.
+        self.context_rows = batch if context_rows is None or not self.n_ctx else context_rows
         dtype, device = model.pos_emb.dtype, model.pos_emb.device
         length = self.n_ctx + self.t + 1
-        self.mask_b11l = None                      # rows without context (neighbour guidance) mask it out
-        if context_keep_b is not None and self.n_ctx:
-            self.mask_b11l = torch.ones(batch, 1, 1, length, dtype=torch.bool, device=device)
-            self.mask_b11l[..., :self.n_ctx] = context_keep_b.view(-1, 1, 1, 1)
         self.k_buf, self.v_buf = [], []
         for ctx in contexts:
             k_buf = torch.empty(batch, cfg.heads, length, cfg.head_dim, dtype=dtype, device=device)
             v_buf = torch.empty_like(k_buf)
             if ctx is not None:
-                k_buf[:, :, :self.n_ctx] = ctx[0]
-                v_buf[:, :, :self.n_ctx] = ctx[1]
+                k_buf[:self.context_rows, :, :self.n_ctx] = repeat_rows(ctx[0], self.context_rows)
+                v_buf[:self.context_rows, :, :self.n_ctx] = repeat_rows(ctx[1], self.context_rows)
             self.k_buf.append(k_buf)
             self.v_buf.append(v_buf)
         self.hidden = torch.empty(cfg.depth, batch, self.t + 1, cfg.dim, dtype=dtype, device=device)
@@ -415,9 +431,7 @@ class PatchDecoder:
             self.v_buf[layer][:, :, end - 1:end] = split_heads(v + self.shift_v[layer], self.heads)
             if s == self.t and layer == last_layer:
                 break                      # the last token is fed only for its keys/values
-            mask = None if self.mask_b11l is None else self.mask_b11l[..., :end]
-            out = F.scaled_dot_product_attention(q, self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end],
-                                                 attn_mask=mask)
+            out = self._attend(q, self.k_buf[layer], self.v_buf[layer], end)
             x = x + attn.proj(merge_heads(out))
             if txt is not None:
                 x = x + block.cross(block.norm_text(x), txt)
@@ -426,6 +440,17 @@ class PatchDecoder:
         if s == self.t:
             return None
         return model.head(model.norm(x[:, 0]))
+
+    def _attend(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, end: int) -> torch.Tensor:
+        """Attention of this step's queries: the first ``context_rows`` rows over context and own
+        slots, the others over their own slots only."""
+        rows = self.context_rows
+        out = F.scaled_dot_product_attention(q[:rows], k_buf[:rows, :, :end], v_buf[:rows, :, :end])
+        if rows == self.batch:
+            return out
+        alone = F.scaled_dot_product_attention(q[rows:], k_buf[rows:, :, self.n_ctx:end],
+                                               v_buf[rows:, :, self.n_ctx:end])
+        return torch.cat([out, alone])
 
     def cache(self) -> PatchCache:
         if self.fed != self.t + 1:

@@ -113,6 +113,8 @@ class Guidance:
     previous-frame shift). Each token is drawn from ``base + Σ (g - 1) · (base - without)``, so one
     scale alone is the usual ``without + g · (base - without)``, every group is fed the drawn token,
     and the patch's cache is the base group's. All groups run as one batch: one decoder, one graph.
+    The neighbours' caches are kept once and their keys/values repeated per group (``model``), and
+    the group without neighbours, always the last, attends to its own tokens only.
     """
 
     text: float = 1.0
@@ -138,26 +140,21 @@ class Guidance:
             mixed_bv = mixed_bv + (scale - 1.0) * (base_bv - other_bv)
         return mixed_bv
 
-    def context_keep(self, batch: int, device: torch.device) -> Optional[torch.Tensor]:
-        """Which of the ``groups · B`` rows see the NCP context (bool, on ``device``); None when all do."""
-        if self.neighbours == 1.0:
-            return None
-        keep_g = torch.ones(self.groups, dtype=torch.bool)
-        keep_g[-1] = False                                   # the neighbour group is always the last
-        return keep_g.repeat_interleave(batch).to(device)
+    def context_rows(self, batch: int) -> Optional[int]:
+        """How many leading rows of the ``groups · B`` see the NCP context; None when all do."""
+        return None if self.neighbours == 1.0 else (self.groups - 1) * batch
 
 
-def guided_rows(guidance: Guidance, context: list[ContextItem], text_bld: Optional[torch.Tensor],
-                empty_bld: Optional[torch.Tensor], batch: int) -> tuple[list[ContextItem], Optional[torch.Tensor]]:
-    """The ``guidance.groups · B`` rows of one guided patch: every context cache repeated per group and
-    the text per row (the empty prompt's in the text group); ``Guidance.context_keep`` says which
-    rows see the context.
+def guided_text(guidance: Guidance, text_bld: Optional[torch.Tensor], empty_bld: Optional[torch.Tensor],
+                batch: int) -> Optional[torch.Tensor]:
+    """The text of each of the ``guidance.groups · B`` rows of a guided patch: the prompt's, and the
+    empty prompt's in the text group.
 
     Every group reads the same neighbours' caches (made under the prompt): text guidance then asks
     what *this patch* should add for the prompt beyond what its neighbours already say, at the cost
     of a bigger batch per patch rather than a second NCP."""
     if guidance.groups == 1:
-        return context, text_bld
+        return text_bld
     texts = []
     if text_bld is not None:
         texts.append(text_bld.expand(batch, -1, -1))
@@ -171,10 +168,7 @@ def guided_rows(guidance: Guidance, context: list[ContextItem], text_bld: Option
         texts.append(empty_bld.to(text_bld).expand(batch, -1, -1))
     if guidance.neighbours != 1.0 and text_bld is not None:
         texts.append(text_bld.expand(batch, -1, -1))
-    groups = guidance.groups
-    repeated = [dataclasses.replace(item, cache=PatchCache(torch.cat([item.cache.hidden] * groups, dim=1)))
-                for item in context]
-    return repeated, torch.cat(texts) if texts else None
+    return torch.cat(texts) if texts else None
 
 
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
@@ -182,10 +176,11 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
                   on_token: Callable[[int], None],
                   static: Optional[tuple[StaticDecoder, GraphStep]] = None,
                   guidance: Guidance = Guidance(),
-                  context_keep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, PatchCache]:
+                  context_rows: Optional[int] = None) -> tuple[torch.Tensor, PatchCache]:
     """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache.
 
-    With guidance ``batch`` is ``groups · B`` rows laid out by ``guided_rows``: each token is drawn from
+    With guidance ``batch`` is ``groups · B`` rows (text by ``guided_text``, the first ``context_rows``
+    seeing the context, whose caches hold ``B`` rows): each token is drawn from
     ``guidance.mix`` of the rows' logits and fed to every group; the cache returned is the base
     group's."""
     t = model.config.tokens_per_patch
@@ -205,7 +200,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
 
     if static is not None:
         decoder, step = static
-        decoder.begin(context, order, text, context_keep)
+        decoder.begin(context, order, text, context_rows)
         step()
         for i in range(t):
             tokens[:, i] = pick(decoder.logits)
@@ -215,7 +210,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
                 on_token(i + 1)
         return tokens, own(decoder.cache())
     if use_kv_cache:
-        decoder = PatchDecoder(model, context, order, text, batch, context_keep)
+        decoder = PatchDecoder(model, context, order, text, batch, context_rows)
         logits = decoder.step(None)
         for i in range(t):
             tokens[:, i] = pick(logits)
@@ -224,11 +219,11 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
                 on_token(i + 1)
         return tokens, own(decoder.cache())
     for i in range(t):
-        logits, _ = model(fed(tokens[:, :i]), context, order, text, context_keep)
+        logits, _ = model(fed(tokens[:, :i]), context, order, text, context_rows)
         tokens[:, i] = pick(logits[:, i])
         if i + 1 < t:
             on_token(i + 1)
-    _, cache = model(fed(tokens), context, order, text, context_keep)
+    _, cache = model(fed(tokens), context, order, text, context_rows)
     return tokens, own(cache)
 
 
@@ -264,7 +259,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     if guidance != 1.0 and text is None:
         raise BoundlessError("text guidance needs a prompt: connect text, or set text_guidance to 1")
     guide = Guidance(text=guidance, neighbours=neighbour_guidance)
-    keep = guide.context_keep(state.batch, model.pos_emb.device)
+    context_rows = guide.context_rows(state.batch)
     if progress_unit not in ("patch", "token"):
         raise BoundlessError(f"progress_unit must be 'patch' or 'token', got {progress_unit!r}")
     if decoder not in DECODERS:
@@ -306,13 +301,13 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                     progress(base + i, total, None)
 
             rows = guide.groups * state.batch
-            context, text_now = guided_rows(guide, context, text_now, empty_text, state.batch)
+            text_now = guided_text(guide, text_now, empty_text, state.batch)
             if use_static and static is None:      # built once per run, at its first generated patch
                 built = StaticDecoder(model, rows, state.extents.cells * t,
                                       0 if text_now is None else text_now.shape[1])
                 static = (built, GraphStep(built))
             tokens_bt, cache = _sample_patch(model, context, order, text_now, rows, patch_draws,
-                                             temperature, top_k, use_kv_cache, on_token, static, guide, keep)
+                                             temperature, top_k, use_kv_cache, on_token, static, guide, context_rows)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(tokens_bt.to(device), context, order, text_now)

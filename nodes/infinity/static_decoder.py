@@ -6,8 +6,7 @@ on a GPU costs more than the arithmetic of a small batch. ``StaticDecoder`` comp
 function on buffers allocated once per run:
 
 * context keys/values of a patch are copied into fixed slots ``[0, max_context)``, unused slots are
-  masked (and so is the whole context for rows that neighbour guidance runs without it); the
-  patch's own keys/values go to slots ``max_context + s``;
+  masked (and so is the whole context for rows from ``context_rows`` on: neighbour guidance); the patch's own keys/values go to slots ``max_context + s``;
 * the position ``s`` and the previous token live in device tensors, and every table is read with
   ``index_select`` on them, so no host value enters the step;
 * the step writes its logits into one output buffer.
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from ..common.errors import BoundlessError
 from . import rope
 from .adc import center_index
-from .model import InfinityTransformer, merge_heads, split_heads
+from .model import InfinityTransformer, merge_heads, repeat_rows, split_heads
 from .ncp import ContextItem, PatchCache
 
 
@@ -49,7 +48,8 @@ class StaticDecoder:
         self.v_buf = [torch.zeros_like(k) for k in self.k_buf]
         self.context_index = torch.arange(self.max_context, device=device)
         self.context_valid = torch.zeros(self.max_context, dtype=torch.bool, device=device)
-        self.context_keep_b = torch.ones(batch, dtype=torch.bool, device=device)   # rows that see the context
+        self.row_index = torch.arange(batch, device=device)
+        self.row_sees_context = torch.ones(batch, dtype=torch.bool, device=device)
         self.own_index = torch.arange(self.t + 1, device=device)
         self.position = torch.zeros((), dtype=torch.int64, device=device)        # s
         self.token_b = torch.zeros(batch, dtype=torch.int64, device=device)     # the token fed at s >= 1
@@ -73,26 +73,24 @@ class StaticDecoder:
 
     @torch.no_grad()
     def begin(self, context: Sequence[ContextItem], order: int, text: Optional[torch.Tensor],
-              context_keep_b: Optional[torch.Tensor] = None) -> None:
+              context_rows: Optional[int] = None) -> None:
         """Load one patch's context, order and text into the fixed buffers; reset the position.
-        ``context_keep_b`` (bool ``[B]``, neighbour guidance): rows where it is False see no context."""
+        ``context_rows``: how many leading rows see the context (None: all; see ``model``)."""
         model = self.model
         contexts = model.prepare_context(context)
         n_ctx = 0 if contexts[0] is None else contexts[0][0].shape[2]
         if n_ctx > self.max_context:
             raise BoundlessError(f"a patch has {n_ctx} context tokens, more than the {self.max_context} the decoder "
                                  "was built for")
+        rows = self.batch if context_rows is None else context_rows
         for layer, ctx in enumerate(contexts):
             if ctx is not None:
-                self.k_buf[layer][:, :, :n_ctx].copy_(ctx[0])
-                self.v_buf[layer][:, :, :n_ctx].copy_(ctx[1])
+                self.k_buf[layer][:rows, :, :n_ctx].copy_(repeat_rows(ctx[0], rows))
+                self.v_buf[layer][:rows, :, :n_ctx].copy_(repeat_rows(ctx[1], rows))
         self.context_valid.copy_(self.context_index < n_ctx)
-        if context_keep_b is None:
-            self.context_keep_b.fill_(True)
-        else:
-            self.context_keep_b.copy_(context_keep_b)
+        self.row_sees_context.copy_(self.row_index < rows)
         self.order_row.copy_(model.order_emb[order])
-        aligned = model.aligned_input(context, context_keep_b)
+        aligned = model.aligned_input(context, self.batch, context_rows)
         if self.aligned is not None:
             self.aligned_on.fill_(0.0 if aligned is None else 1.0)
             if aligned is not None:
@@ -115,9 +113,9 @@ class StaticDecoder:
             inside = (s < self.t).to(x.dtype) * self.aligned_on
             x = x + self.aligned.index_select(1, s1.clamp(max=self.t - 1))[:, 0] * inside
         x = x[:, None]                                                                   # [B, 1, dim]
-        own_l = (self.own_index <= s).expand(self.batch, -1)
-        context_bl = self.context_valid & self.context_keep_b[:, None]
-        mask = torch.cat([context_bl, own_l], dim=1)[:, None, None]                      # [B, 1, 1, L]
+        context_bl = self.context_valid & self.row_sees_context[:, None]
+        own_bl = (self.own_index <= s).expand(self.batch, -1)
+        mask = torch.cat([context_bl, own_bl], dim=1)[:, None, None]                     # [B, 1, 1, L]
         slot = s1 + self.max_context
         for layer, block in enumerate(model.blocks):
             attn = block.attn
