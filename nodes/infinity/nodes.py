@@ -69,9 +69,10 @@ def _guidance_inputs():
 def _neighbour_guidance_input():
     return io.Float.Input("neighbour_guidance", default=1.0, min=0.0, max=10.0, step=0.05, optional=True,
                           tooltip="Guidance toward the finished neighbours: 1 = off; above 1 each token weighs "
-                                  "what the patches around it imply against what the patch would be alone, which "
-                                  "closes seams between patches, at one more batch of work per patch. See "
-                                  "BENCHMARKS.md 'Neighbour guidance' for what each value measured.")
+                                  "what the patches around it imply against what the patch would be alone. On the "
+                                  "demo panorama model 1.5 closes the seams between patch columns, but now and then "
+                                  "a patch turns into a block of other texture, and on a CPU a patch takes about "
+                                  "1.25x as long (BENCHMARKS.md 'Neighbour guidance').")
 
 
 def _text_guidance_input():
