@@ -175,18 +175,18 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
                   draws: Draws, temperature: float, top_k: int, use_kv_cache: bool,
                   on_token: Callable[[int], None],
                   static: Optional[tuple[StaticDecoder, GraphStep]] = None,
-                  guidance: Guidance = Guidance(),
-                  context_rows: Optional[int] = None) -> tuple[torch.Tensor, PatchCache]:
+                  guidance: Guidance = Guidance()) -> tuple[torch.Tensor, PatchCache]:
     """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache.
 
-    With guidance ``batch`` is ``groups · B`` rows (text by ``guided_text``, the first ``context_rows``
-    seeing the context, whose caches hold ``B`` rows): each token is drawn from
+    With guidance ``batch`` is ``groups · B`` rows (text by ``guided_text``; the context's caches hold
+    ``B`` rows, seen by the first ``guidance.context_rows(B)``): each token is drawn from
     ``guidance.mix`` of the rows' logits and fed to every group; the cache returned is the base
     group's."""
     t = model.config.tokens_per_patch
     device = model.pos_emb.device
     groups = guidance.groups
     out_b = batch // groups
+    context_rows = guidance.context_rows(out_b)
     tokens = torch.empty(out_b, t, dtype=torch.int64, device=device)
 
     def pick(logits_nv: torch.Tensor) -> torch.Tensor:
@@ -259,7 +259,6 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     if guidance != 1.0 and text is None:
         raise BoundlessError("text guidance needs a prompt: connect text, or set text_guidance to 1")
     guide = Guidance(text=guidance, neighbours=neighbour_guidance)
-    context_rows = guide.context_rows(state.batch)
     if progress_unit not in ("patch", "token"):
         raise BoundlessError(f"progress_unit must be 'patch' or 'token', got {progress_unit!r}")
     if decoder not in DECODERS:
@@ -307,7 +306,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                                       0 if text_now is None else text_now.shape[1])
                 static = (built, GraphStep(built))
             tokens_bt, cache = _sample_patch(model, context, order, text_now, rows, patch_draws,
-                                             temperature, top_k, use_kv_cache, on_token, static, guide, context_rows)
+                                             temperature, top_k, use_kv_cache, on_token, static, guide)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(tokens_bt.to(device), context, order, text_now)

@@ -6,7 +6,8 @@ on a GPU costs more than the arithmetic of a small batch. ``StaticDecoder`` comp
 function on buffers allocated once per run:
 
 * context keys/values of a patch are copied into fixed slots ``[0, max_context)``, unused slots are
-  masked (and so is the whole context for rows from ``context_rows`` on: neighbour guidance); the patch's own keys/values go to slots ``max_context + s``;
+  masked (and so is the whole context for rows from ``context_rows`` on: neighbour guidance); the
+  patch's own keys/values go to slots ``max_context + s``;
 * the position ``s`` and the previous token live in device tensors, and every table is read with
   ``index_select`` on them, so no host value enters the step;
 * the step writes its logits into one output buffer.
@@ -47,9 +48,9 @@ class StaticDecoder:
                       for _ in model.blocks]
         self.v_buf = [torch.zeros_like(k) for k in self.k_buf]
         self.context_index = torch.arange(self.max_context, device=device)
-        self.context_valid = torch.zeros(self.max_context, dtype=torch.bool, device=device)
         self.row_index = torch.arange(batch, device=device)
-        self.row_sees_context = torch.ones(batch, dtype=torch.bool, device=device)
+        # which context slots each row attends to, set per patch: [B, max_context]
+        self.context_visible_bl = torch.zeros(batch, self.max_context, dtype=torch.bool, device=device)
         self.own_index = torch.arange(self.t + 1, device=device)
         self.position = torch.zeros((), dtype=torch.int64, device=device)        # s
         self.token_b = torch.zeros(batch, dtype=torch.int64, device=device)     # the token fed at s >= 1
@@ -87,8 +88,7 @@ class StaticDecoder:
             if ctx is not None:
                 self.k_buf[layer][:rows, :, :n_ctx].copy_(repeat_rows(ctx[0], rows))
                 self.v_buf[layer][:rows, :, :n_ctx].copy_(repeat_rows(ctx[1], rows))
-        self.context_valid.copy_(self.context_index < n_ctx)
-        self.row_sees_context.copy_(self.row_index < rows)
+        self.context_visible_bl.copy_((self.row_index < rows)[:, None] & (self.context_index < n_ctx)[None])
         self.order_row.copy_(model.order_emb[order])
         aligned = model.aligned_input(context, self.batch, context_rows)
         if self.aligned is not None:
@@ -113,9 +113,8 @@ class StaticDecoder:
             inside = (s < self.t).to(x.dtype) * self.aligned_on
             x = x + self.aligned.index_select(1, s1.clamp(max=self.t - 1))[:, 0] * inside
         x = x[:, None]                                                                   # [B, 1, dim]
-        context_bl = self.context_valid & self.row_sees_context[:, None]
         own_bl = (self.own_index <= s).expand(self.batch, -1)
-        mask = torch.cat([context_bl, own_bl], dim=1)[:, None, None]                     # [B, 1, 1, L]
+        mask = torch.cat([self.context_visible_bl, own_bl], dim=1)[:, None, None]        # [B, 1, 1, L]
         slot = s1 + self.max_context
         for layer, block in enumerate(model.blocks):
             attn = block.attn
