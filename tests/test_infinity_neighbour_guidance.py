@@ -119,7 +119,42 @@ def test_mix_adds_one_contrast_per_scale():
     assert sampler.Guidance().groups == 1 and both.groups == 3
 
 
-def test_text_and_neighbour_guidance_run_together_and_bad_values_are_refused():
+def _greedy_two_scale_reference(model, text_bld, empty_bld, g_text: float, g_near: float) -> torch.Tensor:
+    """The 2 x 1 canvas of ``_greedy_reference`` with both guidances: base + (g_text - 1) · (base - empty
+    prompt) + (g_near - 1) · (base - alone), full forward passes, the base group's caches as context."""
+    t = model.config.tokens_per_patch
+    patches, context = [], []
+    with torch.no_grad():
+        for col in range(2):
+            tokens = torch.empty(1, 0, dtype=torch.int64)
+            for i in range(t):
+                base = model(tokens, context, 0, text_bld)[0][:, i].float()
+                no_text = model(tokens, context, 0, empty_bld)[0][:, i].float()
+                alone = model(tokens, [], 0, text_bld)[0][:, i].float()
+                mixed = base + (g_text - 1.0) * (base - no_text) + (g_near - 1.0) * (base - alone)
+                tokens = torch.cat([tokens, mixed.argmax(-1, keepdim=True)], dim=1)
+            _, cache = model(tokens, context, 0, text_bld)
+            context = [ncp.ContextItem((0, 0, col), (-1, 0, 0), cache)]
+            patches.append(tokens[0])
+    return torch.cat(patches)
+
+
+@pytest.mark.parametrize("decoder,use_kv_cache", PATHS)
+def test_text_and_neighbour_guidance_together_add_one_contrast_each(decoder, use_kv_cache):
+    model = sharp_model(6, text_dim=8)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.cross.proj.weight.mul_(5.0)          # the prompt changes greedy choices too
+    text_bld, empty_bld = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(2)), torch.zeros(1, 3, 8)
+    state = sampler.generate_canvas(model, 2, 1, order="right", extents=config.Extents(1, 0, 0), temperature=0.0,
+                                    text=text_bld, guidance=2.0, empty_text=empty_bld, neighbour_guidance=2.5,
+                                    decoder=decoder, use_kv_cache=use_kv_cache)
+    assert torch.equal(_row_major(state), _greedy_two_scale_reference(model, text_bld, empty_bld, 2.0, 2.5))
+    for one_scale in ((2.0, 1.0), (1.0, 2.5)):           # each guidance changes this canvas
+        assert not torch.equal(_row_major(state), _greedy_two_scale_reference(model, text_bld, empty_bld, *one_scale))
+
+
+def test_guided_batches_and_bad_values():
     model = sharp_model(6, text_dim=8)
     text_bld, empty_bld = torch.randn(1, 3, 8), torch.zeros(1, 3, 8)
     state = sampler.generate_canvas(model, 2, 1, batch=2, order="right", extents=config.Extents(1, 0, 0),
