@@ -13,6 +13,10 @@ rendered as in training: 256×256 px, ``FRAMES`` frames, the camera panning righ
   horizontal shift in px per frame, its sign (the content of a right pan moves left, i.e. negative)
   and its size, against the same measure on the true clips and on their token round-trips (the
   motion the tokens can carry).
+* **next_frame** (teacher-forced, the true tokens before each token given, argmax): accuracy on the
+  tokens that stay as in the previous frame (``kept``) and on those that followed the pan, i.e.
+  equal the previous frame's token one to the right and not the one in place (``panned``); a model
+  that only holds the picture scores 0 on ``panned``.
 * **animation**: frame 0 of each clip given (tokenized), the other frames generated. Token agreement
   and PSNR (of the mean squared error over all frames) of the generated frames against the true ones
   (both decoded by the world VQGAN), beside the baseline of repeating frame 0, and the motion as
@@ -40,6 +44,7 @@ config_mod = pack_module("nodes.infinity.config")
 vq_loader = pack_module("nodes.vq.loader")
 temporal = pack_module("nodes.vq.temporal")
 minilm = pack_module("nodes.text.minilm")
+training = pack_module("nodes.infinity.training")
 
 SIDE = 256
 EXTENTS = config_mod.Extents(1, 1, 1)
@@ -83,6 +88,7 @@ def main(argv=None) -> dict:
     patches = SIDE // (model.config.patch_w * vqgan.factor)
     truth_shift, round_trip_shift, t2v_shift, anim_shift = [], [], [], []
     agree, agree_repeat, mse_gen, mse_repeat = [], [], [], []
+    hits = {"kept": [0, 0], "panned": [0, 0]}
     for i, seed in enumerate(range(BENCH_SEED, BENCH_SEED + args.clips)):
         pictures, caption = world_clip(seed, SIDE, SIDE)
         truth = torch.from_numpy(pictures).float() / 255.0                         # [F, H, W, 3]
@@ -93,6 +99,11 @@ def main(argv=None) -> dict:
         truth_shift += shifts_px(truth)
         round_trip_shift += shifts_px(truth_rt)
         text = encoder.encode([caption]).states
+        predicted = training.teacher_forced_argmax(model, true_tokens[None], "right", text)[0, 1:, :, :-1]
+        now, before, right_before = true_tokens[1:, :, :-1], true_tokens[:-1, :, :-1], true_tokens[:-1, :, 1:]
+        for name, where in (("kept", now == before), ("panned", (now == right_before) & (now != before))):
+            hits[name][0] += int((predicted == now)[where].sum())
+            hits[name][1] += int(where.sum())
         # text to video: every patch of every frame generated
         state = state_mod.plan_fill(state_mod.empty_state(model, patches, patches, FRAMES, 1, EXTENTS), "right")
         sampler.run(model, state, seed=i, text=text, **SAMPLING)
@@ -122,6 +133,8 @@ def main(argv=None) -> dict:
                          "seeds": f"{BENCH_SEED}:{BENCH_SEED + args.clips}", "stability": args.stability, **SAMPLING},
               "truth_motion": motion(truth_shift), "round_trip_motion": motion(round_trip_shift),
               "text_to_video_motion": motion(t2v_shift),
+              "next_frame": {f"{name}_accuracy": round(hit / max(count, 1), 4) for name, (hit, count) in hits.items()}
+              | {f"{name}_tokens": count for name, (hit, count) in hits.items()},
               "animation": {"motion": motion(anim_shift),
                             "token_agreement": round(float(np.mean(agree)), 4),
                             "token_agreement_repeat_first_frame": round(float(np.mean(agree_repeat)), 4),

@@ -118,6 +118,21 @@ def test_command_line_trainer_on_token_file(tmp_path):
         train.main(["--out", out])
 
 
+def test_command_line_trainer_adds_and_widens_frame_alignment(tmp_path):
+    data = str(tmp_path / "clips.safetensors")
+    save_file({"tokens": torch.randint(0, 12, (2, 2, 4, 4))}, data)          # 2 clips of 2 frames
+    out = str(tmp_path / "video.safetensors")
+    common = ["--tokens", data, "--out", out, "--canvas", "2", "2", "--batch", "1", "--steps", "1", "--threads", "1"]
+    train.main([*common, "--dim", "16", "--depth", "1", "--heads", "2", "--patch", "2", "2", "--rope-base", "0"])
+    assert not checkpoint.load_infinity(out).config.frame_align
+    train.main([*common, "--resume", out, "--frame-align"])
+    assert checkpoint.load_infinity(out).config.align_radius == 0
+    widened = train.main([*common, "--resume", out, "--frame-align", "--align-radius", "1"])
+    assert checkpoint.load_infinity(out).config == widened.config and widened.config.align_radius == 1
+    with pytest.raises(errors.BoundlessError, match="give --frame-align too"):
+        train.main([*common, "--align-radius", "1"])
+
+
 def test_token_file_captions_bring_their_empty_caption_and_encoder(tmp_path, monkeypatch):
     """A token file with ``null_text`` trains caption dropout on exactly that state, and the model
     records the file's text encoder."""

@@ -54,6 +54,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> InfinityConfig:
     return InfinityConfig(n_embed=n_embed, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, patch_h=patch_h,
                           patch_w=patch_w, trained_extents=extents, text_dim=text_dim, n_orders=n_orders,
                           frame_align="frame_align.weight" in shapes,
+                          align_radius=(shapes["frame_align.weight"][-1] - 1) // 2
+                          if len(shapes.get("frame_align.weight", ())) == 4 else 0,
                           rope_base=int(state_dict["rope_base"]) if "rope_base" in shapes else 0)
 
 
@@ -116,13 +118,26 @@ def add_text_branch(model: InfinityTransformer, text_dim: int) -> InfinityTransf
     return grown
 
 
-def add_frame_align(model: InfinityTransformer) -> InfinityTransformer:
-    """A copy of a video model with frame alignment (``model.aligned_input``) that computes exactly
-    what it computed: the new projection starts at zero."""
-    if model.config.frame_align:
-        raise BoundlessError("the model already has frame alignment")
-    grown = InfinityTransformer(dataclasses.replace(model.config, frame_align=True)).to(model.pos_emb.dtype)
-    strict_load(grown, model.state_dict(), "adding frame alignment", ignore=("frame_align.",))
+def add_frame_align(model: InfinityTransformer, radius: int = 0) -> InfinityTransformer:
+    """A copy of a video model with frame alignment (``model.aligned_input``) reaching ``radius``
+    tokens around each position, that computes exactly what it computed: a new projection starts
+    at zero, and a same-position projection widened to a neighbourhood becomes its centre tap."""
+    cfg = model.config
+    if cfg.frame_align and radius <= cfg.align_radius:
+        raise BoundlessError(f"the model already has frame alignment reaching {cfg.align_radius} tokens; "
+                             "frame alignment can only be added or widened")
+    grown = InfinityTransformer(dataclasses.replace(cfg, frame_align=True, align_radius=radius)).to(model.pos_emb.dtype)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("frame_align.")}
+    strict_load(grown, kept, "adding frame alignment", ignore=("frame_align.",))
+    if cfg.frame_align:
+        with torch.no_grad():
+            old_weight = model.frame_align.weight
+            if old_weight.ndim == 2:
+                old_weight = old_weight[:, :, None, None]
+            offset = radius - cfg.align_radius
+            reach = old_weight.shape[-1]
+            grown.frame_align.weight[:, :, offset:offset + reach, offset:offset + reach] = old_weight
+            grown.frame_align.bias.copy_(model.frame_align.bias)
     grown.tokenizer, grown.factor, grown.text_encoder = model.tokenizer, model.factor, model.text_encoder
     return grown
 

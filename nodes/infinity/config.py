@@ -63,6 +63,9 @@ class InfinityConfig:
     text_dim: width of the text context for cross-attention; 0 means no text branch.
     frame_align: video models only: every token position also receives the previous frame's state
     of the same token position (see ``model.InfinityTransformer.aligned_input``).
+    align_radius: with frame alignment, how far it reaches: each position receives the previous
+    frame's states of the (2r+1)² tokens around it, so content that moved up to r tokens since the
+    previous frame (a camera pan) is as near as content that stayed; 0 = the same position only.
     rope_base: token geometry (``rope``): queries and keys of own and context tokens are rotated by
     their canvas coordinates with this frequency base; 0 = off (models trained before it existed).
     """
@@ -79,6 +82,7 @@ class InfinityConfig:
     n_orders: int = N_ORDERS
     frame_align: bool = False
     rope_base: int = 0
+    align_radius: int = 0
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -94,6 +98,11 @@ class InfinityConfig:
         if self.frame_align and not self.trained_extents.f:
             raise BoundlessError("frame alignment needs a video model with a frame axis (trained extent e_f >= 1), "
                                  f"got extents {self.trained_extents.as_tuple()}")
+        if self.align_radius and not self.frame_align:
+            raise BoundlessError("align_radius is the reach of frame alignment; it needs frame_align")
+        if not 0 <= self.align_radius <= min(self.patch_h, self.patch_w):
+            raise BoundlessError(f"align_radius must lie in 0..{min(self.patch_h, self.patch_w)} (the patch side: "
+                                 f"alignment reads the neighbouring patches only), got {self.align_radius}")
 
     @property
     def tokens_per_patch(self) -> int:
@@ -115,6 +124,8 @@ class InfinityConfig:
             del data["frame_align"]
         if not self.rope_base:
             del data["rope_base"]
+        if not self.align_radius:
+            del data["align_radius"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod

@@ -35,6 +35,12 @@ BENCHMARKS.md). With frame alignment,
 position ``s`` also receives a learned projection of the previous frame's layer-0 state of token
 ``s`` of the same patch (offset (0, 0, -1) in the NCP), so "keep unless something moves" is one
 linear map away. The projection starts at zero, so adding it to a trained model changes nothing.
+With ``config.align_radius`` r > 0 the projection is a (2r+1)×(2r+1) convolution over the previous
+frame's layer-0 states around the position (taken from the previous frame's patch and its
+neighbours in the NCP), so "the token one to the right in the previous frame" — what a camera pan
+brings here — is as near as the token at the same place. Attention alone does not find it: a small
+model trained on clips whose rows pan one token a frame learns to keep still rows but predicts the
+panned tokens at chance (BENCHMARKS.md, "Why the video model stands still").
 """
 from __future__ import annotations
 
@@ -196,7 +202,8 @@ class InfinityTransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.n_embed)
         if cfg.frame_align:
-            self.frame_align = nn.Linear(cfg.dim, cfg.dim)
+            reach = 2 * cfg.align_radius + 1
+            self.frame_align = nn.Conv2d(cfg.dim, cfg.dim, reach) if cfg.align_radius else nn.Linear(cfg.dim, cfg.dim)
         if cfg.rope_base:
             self.register_buffer("rope_base", torch.tensor(cfg.rope_base, dtype=torch.int64))
         self._own_rotation: dict[tuple, tuple[rope.Rotation, rope.Rotation]] = {}
@@ -226,6 +233,7 @@ class InfinityTransformer(nn.Module):
             nn.init.normal_(block.attn.rel_v, std=0.02)
         if self.config.frame_align:
             nn.init.zeros_(self.frame_align.weight)
+            nn.init.zeros_(self.frame_align.bias)
 
     # -- identity ---------------------------------------------------------------------------------
     @property
@@ -291,14 +299,33 @@ class InfinityTransformer(nn.Module):
         previous = next((item for item in context if item.offset == PREVIOUS_FRAME), None)
         if previous is None:
             return None
-        layer0_btd = previous.cache.hidden[0].to(self.pos_emb.device, self.pos_emb.dtype)
-        shift_btd = self.frame_align(layer0_btd)
+        if self.config.align_radius:
+            window_bdhw = self.previous_frame_window(context)
+            shift_btd = self.frame_align(window_bdhw).flatten(2).transpose(1, 2)
+        else:
+            layer0_btd = previous.cache.hidden[0].to(self.pos_emb.device, self.pos_emb.dtype)
+            shift_btd = self.frame_align(layer0_btd)
         if batch is not None:
             shift_btd = repeat_rows(shift_btd, batch)
         if context_rows is not None and context_rows < shift_btd.shape[0]:
             shift_btd = shift_btd.clone()
             shift_btd[context_rows:] = 0
         return shift_btd
+
+    def previous_frame_window(self, context: Sequence[ContextItem]) -> torch.Tensor:
+        """The previous frame's layer-0 states around the current patch, ``[B, dim, ph + 2r, pw + 2r]``
+        (r = ``align_radius``), read from the previous frame's patch and its neighbours in the NCP;
+        zeros where the canvas ends or the NCP holds no such patch."""
+        cfg = self.config
+        ph, pw, r = cfg.patch_h, cfg.patch_w, cfg.align_radius
+        neighbours = {item.offset[:2]: item.cache.hidden[0] for item in context
+                      if item.offset[2] == -1 and abs(item.offset[0]) <= 1 and abs(item.offset[1]) <= 1}
+        batch = neighbours[(0, 0)].shape[0]
+        mosaic_bdhw = torch.zeros(batch, cfg.dim, 3 * ph, 3 * pw, device=self.pos_emb.device, dtype=self.pos_emb.dtype)
+        for (dw, dh), layer0_btd in neighbours.items():
+            states_bdhw = layer0_btd.to(mosaic_bdhw).transpose(1, 2).reshape(batch, cfg.dim, ph, pw)
+            mosaic_bdhw[:, :, (dh + 1) * ph:(dh + 2) * ph, (dw + 1) * pw:(dw + 2) * pw] = states_bdhw
+        return mosaic_bdhw[:, :, ph - r:2 * ph + r, pw - r:2 * pw + r]
 
     def prepare_text(self, text_bld: Optional[torch.Tensor], batch: int) -> list[Optional[LayerKV]]:
         """Per-layer text keys/values, or Nones for a model without a text branch."""

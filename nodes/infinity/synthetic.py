@@ -9,6 +9,11 @@ the Nearby Context Pool.
 * ``columns``: every token column is one random token (the patch above decides it);
 * ``ramp``: token (x, y) = (a + x + b·y) mod V for a random a and b (each token is its left
   neighbour + 1).
+
+And one video task, ``pan_clips``: a camera pan over two layers. Half the token rows (codes of the
+lower half of the vocabulary) stand still; the other rows (upper half) move one token left a frame,
+a random token entering at the right. Predicting a moving token needs the token one to the right in
+the previous frame; which rule applies, the code of the previous frame's token tells.
 """
 from __future__ import annotations
 
@@ -35,6 +40,26 @@ def canvases(task: str, n: int, height: int, width: int, vocab: int, generator: 
         x = torch.arange(width).view(1, 1, 1, width)
         return (a + x + b * y) % vocab
     raise BoundlessError(f"unknown synthetic task {task!r}; use one of {', '.join(TASKS)}")
+
+
+def pan_clips(n: int, frames: int, height: int, width: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` clips ``[n, frames, height, width]`` of the two-layer pan (``vocab`` even, at least 4)."""
+    if vocab < 4 or vocab % 2:
+        raise BoundlessError(f"the pan task needs an even vocabulary of at least 4 codes, got {vocab}")
+    half = vocab // 2
+    moving_n1h1 = torch.rand(n, 1, height, 1, generator=generator) < 0.5
+    strip = torch.randint(half, (n, 1, height, width + frames), generator=generator) + half * moving_n1h1
+    return torch.cat([torch.where(moving_n1h1, strip[..., t:t + width], strip[..., :width]) for t in range(frames)], 1)
+
+
+def motion_accuracy(model, clips_bfhw: torch.Tensor) -> dict:
+    """Teacher-forced argmax accuracy on frames 1.. of clips (order ``right``), split into the tokens
+    that differ from the previous frame's token at the same place (``moved``) and those that equal it
+    (``kept``); the last token column (new content) is left out."""
+    predicted = teacher_forced_argmax(model, clips_bfhw, "right")[:, 1:, :, :-1]
+    truth, previous = clips_bfhw[:, 1:, :, :-1], clips_bfhw[:, :-1, :, :-1]
+    hit, moved = predicted == truth, truth != previous
+    return {"moved": round(float(hit[moved].float().mean()), 4), "kept": round(float(hit[~moved].float().mean()), 4)}
 
 
 def boundary_accuracy(model, canvases_bfhw: torch.Tensor, order: str) -> dict:

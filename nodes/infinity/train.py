@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--frame-align", action="store_true",
                       help="video: give each token position the previous frame's state of the same position "
                            "(added to a --resume model as a no-op if it lacks it)")
+    size.add_argument("--align-radius", type=int, default=0, metavar="R",
+                      help="with --frame-align: also give it the previous frame's states of the tokens up to R "
+                           "around the position (a 2R+1 square), so content that moved up to R tokens a frame "
+                           "(a camera pan) is found; a --resume model's alignment is widened as a no-op")
     size.add_argument("--rope-base", type=int, default=rope.DEFAULT_BASE,
                       help="token geometry: rotary embeddings on canvas coordinates with this base, so each patch "
                            "finds the neighbouring tokens it continues (0 = the older design without it; a "
@@ -215,6 +219,8 @@ def main(argv=None) -> InfinityTransformer:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.input_noise < 1.0:
         raise BoundlessError(f"--input-noise is a share of tokens in [0, 1), got {args.input_noise}")
+    if args.align_radius and not args.frame_align:
+        raise BoundlessError("--align-radius is the reach of frame alignment; give --frame-align too")
     if args.wrap_every < 0:
         raise BoundlessError(f"--wrap-every is a step count (0 = never), got {args.wrap_every}")
     if args.wrap_every and args.wrap:
@@ -243,15 +249,15 @@ def main(argv=None) -> InfinityTransformer:
         model = resumed
         if texts is not None and not model.config.text_dim:
             model = add_text_branch(model, int(texts.shape[-1]))
-        if args.frame_align and not model.config.frame_align:
-            model = add_frame_align(model)
+        if args.frame_align and (not model.config.frame_align or args.align_radius > model.config.align_radius):
+            model = add_frame_align(model, args.align_radius)
     else:
         n_embed = args.n_embed or int(max(int(g.max()) for g in grids)) + 1
         cfg = InfinityConfig(n_embed=n_embed, dim=args.dim, depth=args.depth, heads=args.heads,
                              mlp_dim=args.mlp_dim or 4 * args.dim, patch_h=patch_h, patch_w=patch_w,
                              trained_extents=Extents(*args.extents),
                              text_dim=0 if texts is None else int(texts.shape[-1]), frame_align=args.frame_align,
-                             rope_base=args.rope_base)
+                             rope_base=args.rope_base, align_radius=args.align_radius if args.frame_align else 0)
         model = InfinityTransformer(cfg)
     cfg = model.config
     model.tokenizer, model.factor = tokenizer or model.tokenizer, factor or model.factor

@@ -145,9 +145,11 @@ def heldout_nll(model: nn.Module, canvases_nfhw: torch.Tensor, extents: Extents,
 
 
 @torch.no_grad()
-def teacher_forced_argmax(model: nn.Module, canvases_bfhw: torch.Tensor, order: str) -> torch.Tensor:
+def teacher_forced_argmax(model: nn.Module, canvases_bfhw: torch.Tensor, order: str,
+                          text: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Each token's argmax prediction given the true tokens before it (its own NCP, scanned in
-    ``order``, extents as trained): a canvas ``[B, F, H, W]`` of predictions."""
+    ``order``, extents as trained; ``text`` ``[B, L, C]`` for a text model): a canvas ``[B, F, H, W]``
+    of predictions."""
     cfg = model.config
     frames, rows, cols = patch_grid_shape(canvases_bfhw, cfg.patch_h, cfg.patch_w)
     region = Region.whole(frames, rows, cols)
@@ -157,7 +159,7 @@ def teacher_forced_argmax(model: nn.Module, canvases_bfhw: torch.Tensor, order: 
     predicted = torch.zeros_like(canvases_bfhw)
     for step, pos in enumerate(sequence):
         logits, cache = model(read_patch(canvases_bfhw, pos, cfg.patch_h, cfg.patch_w), pool.select(pos),
-                              order_id(order))
+                              order_id(order), text)
         write_patch(predicted, pos, logits.argmax(-1), cfg.patch_h, cfg.patch_w)
         pool.add(pos, cache)
         pool.remove(step, last_uses)
