@@ -190,14 +190,14 @@ def test_neighbourhood_alignment_learns_a_pan_that_same_place_alignment_cannot()
     steps and seed; only the alignment's reach differs. Chance on a moved token is 1/4. Measured for
     model seeds 0, 1, 2 (data seeded alike): moved 0.87 / 0.91 / 0.82 with radius 1, 0.23 / 0.24 / 0.26
     with radius 0, which keeps the still rows (0.82–0.86) as well."""
-    def learn(radius: int) -> dict:
+    def learn(radius: int, steps: int = 200) -> dict:
         torch.manual_seed(0)
         model = model_mod.InfinityTransformer(config.InfinityConfig(
             n_embed=8, dim=32, depth=2, heads=2, mlp_dim=64, patch_h=4, patch_w=4, trained_extents=VIDEO,
             rope_base=100, frame_align=True, align_radius=radius)).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
         data = torch.Generator().manual_seed(0)
-        for step in range(STEPS):
+        for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             training.chain_loss(model, synthetic.pan_clips(4, 3, 8, 8, 8, data), "right", VIDEO, patch_h=4, patch_w=4)
             optimizer.step()
@@ -207,8 +207,6 @@ def test_neighbourhood_alignment_learns_a_pan_that_same_place_alignment_cannot()
     assert neighbourhood["moved"] > 0.7 and neighbourhood["kept"] > 0.7, neighbourhood
     assert same_place["moved"] < 0.4 and same_place["kept"] > 0.7, same_place
 
-
-STEPS = 200
 
 
 def test_pan_clips_move_one_layer_one_token_a_frame():

@@ -25,23 +25,29 @@ def sharp_model(seed: int, **overrides):
     return model
 
 
-def _greedy_reference(model, guidance: float) -> torch.Tensor:
-    """A 2 x 1 canvas (order right) sampled greedily with full forward passes: the left patch has no
-    neighbours (guidance changes nothing there), the right one mixes logits with and without it."""
+def _greedy_canvas(model, next_logits, text_bld=None) -> torch.Tensor:
+    """A 2 x 1 canvas (order right) sampled greedily with full forward passes: ``next_logits(tokens,
+    context, i)`` gives the mixed logits of token ``i``; the left patch has no neighbours, the right
+    one sees the left one's cache (computed with ``text_bld``, as the sampler's base group)."""
     t = model.config.tokens_per_patch
     patches, context = [], []
     with torch.no_grad():
         for col in range(2):
             tokens = torch.empty(1, 0, dtype=torch.int64)
             for i in range(t):
-                base, _ = model(tokens, context, 0)
-                alone, _ = model(tokens, [], 0)
-                mixed = alone[:, i].float() + guidance * (base[:, i].float() - alone[:, i].float())
-                tokens = torch.cat([tokens, mixed.argmax(-1, keepdim=True)], dim=1)
-            _, cache = model(tokens, context, 0)
+                tokens = torch.cat([tokens, next_logits(tokens, context, i).argmax(-1, keepdim=True)], dim=1)
+            _, cache = model(tokens, context, 0, text_bld)
             context = [ncp.ContextItem((0, 0, col), (-1, 0, 0), cache)]
             patches.append(tokens[0])
     return torch.cat(patches)
+
+
+def _greedy_reference(model, guidance: float) -> torch.Tensor:
+    """Neighbour guidance alone: alone + g · (with neighbours − alone)."""
+    def next_logits(tokens, context, i):
+        base, alone = model(tokens, context, 0)[0][:, i].float(), model(tokens, [], 0)[0][:, i].float()
+        return alone + guidance * (base - alone)
+    return _greedy_canvas(model, next_logits)
 
 
 def _row_major(state, pw: int = 2) -> torch.Tensor:
@@ -120,23 +126,13 @@ def test_mix_adds_one_contrast_per_scale():
 
 
 def _greedy_two_scale_reference(model, text_bld, empty_bld, g_text: float, g_near: float) -> torch.Tensor:
-    """The 2 x 1 canvas of ``_greedy_reference`` with both guidances: base + (g_text - 1) · (base - empty
-    prompt) + (g_near - 1) · (base - alone), full forward passes, the base group's caches as context."""
-    t = model.config.tokens_per_patch
-    patches, context = [], []
-    with torch.no_grad():
-        for col in range(2):
-            tokens = torch.empty(1, 0, dtype=torch.int64)
-            for i in range(t):
-                base = model(tokens, context, 0, text_bld)[0][:, i].float()
-                no_text = model(tokens, context, 0, empty_bld)[0][:, i].float()
-                alone = model(tokens, [], 0, text_bld)[0][:, i].float()
-                mixed = base + (g_text - 1.0) * (base - no_text) + (g_near - 1.0) * (base - alone)
-                tokens = torch.cat([tokens, mixed.argmax(-1, keepdim=True)], dim=1)
-            _, cache = model(tokens, context, 0, text_bld)
-            context = [ncp.ContextItem((0, 0, col), (-1, 0, 0), cache)]
-            patches.append(tokens[0])
-    return torch.cat(patches)
+    """Both guidances: base + (g_text - 1) · (base - empty prompt) + (g_near - 1) · (base - alone)."""
+    def next_logits(tokens, context, i):
+        base = model(tokens, context, 0, text_bld)[0][:, i].float()
+        no_text = model(tokens, context, 0, empty_bld)[0][:, i].float()
+        alone = model(tokens, [], 0, text_bld)[0][:, i].float()
+        return base + (g_text - 1.0) * (base - no_text) + (g_near - 1.0) * (base - alone)
+    return _greedy_canvas(model, next_logits, text_bld)
 
 
 @pytest.mark.parametrize("decoder,use_kv_cache", PATHS)
