@@ -4,7 +4,8 @@
 For each model given (``--model NAME=PATH``, default the shipped panorama demo model), in one run:
 
 * **Generation** (the Generate Canvas node's defaults: order ``right``, temperature 1, top-k 64,
-  extents 1/1/0): ``--canvases`` canvases of 8×2 patches. Seam ratio at vertical and horizontal patch
+  extents 1/1/0; but edge temperature 1, the sampler's default, unless ``--edge-temperature`` says
+  otherwise — the nodes draw patch edges at 0.7 since session 13): ``--canvases`` canvases of 8×2 patches. Seam ratio at vertical and horizontal patch
   boundaries (``metrics.seam_ratio``; also against the other token boundaries only), never-seen token
   pairs across boundaries vs inside patches (reference: the codes of the training pictures), FED/KID
   of 256-px crops against crops of the held-out pictures; and ``--wrap-canvases``
@@ -27,7 +28,8 @@ its first 4 (and, mirrored, to the left); the never-seen pairs are counted again
 ``--world-reference`` training panoramas (seeds 0..N-1).
 
 ``--neighbour-guidance 1,1.5`` measures each model at each neighbour-guidance scale (entries
-``NAME@g1.5``; 1 = off), on the same seeds; ``--first-seed`` moves every seed (canvases, wrap,
+``NAME@g1.5``; 1 = off), and ``--edge-temperature 1,0.7`` at each edge temperature (``NAME@e0.7``),
+on the same seeds; ``--first-seed`` moves every seed (canvases, wrap,
 outpainting) to a fresh range, so a scale chosen on one range can be checked on another.
 
 Seconds per generated patch are measured with the models taking turns (best of ``--timing-rounds``).
@@ -212,6 +214,9 @@ def main(argv=None) -> dict:
     p.add_argument("--top-k", type=int, default=SAMPLING["top_k"], help="sampling top-k (0 = all codes)")
     p.add_argument("--neighbour-guidance", default="1",
                    help="comma-separated neighbour-guidance scales, each measured for every model (1 = off)")
+    p.add_argument("--edge-temperature", default="1",
+                   help="comma-separated edge temperatures (× the temperature, at tokens along a finished "
+                        "neighbour), each measured for every model and guidance scale (1 = off)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed of canvases, wrap canvases and outpainting")
     p.add_argument("--timing-only", action="store_true", help="only the interleaved seconds per patch")
     args = p.parse_args(argv)
@@ -230,8 +235,10 @@ def main(argv=None) -> dict:
     # -- references ---------------------------------------------------------------------------------
     models = {name: checkpoint.load_infinity(path).eval() for name, path in models.items()}
     scales = [float(g) for g in args.neighbour_guidance.split(",")]
-    variants = {name if scales == [1.0] else f"{name}@g{g:g}": (model, {"neighbour_guidance": g})
-                for name, model in models.items() for g in scales}
+    edges = [float(e) for e in args.edge_temperature.split(",")]
+    variants = {name + ("" if scales == [1.0] else f"@g{g:g}") + ("" if edges == [1.0] else f"@e{e:g}"):
+                (model, {"neighbour_guidance": g, "edge_temperature": e})
+                for name, model in models.items() for g in scales for e in edges}
     if args.timing_only:
         result = {"config": {"threads": args.threads, "timing_rounds": args.timing_rounds, **SAMPLING},
                   "seconds_per_patch_interleaved": interleaved_seconds_per_patch(variants, args.timing_rounds)}
@@ -266,7 +273,7 @@ def main(argv=None) -> dict:
                          **SAMPLING,
                          "max_crops": args.max_crops,
                          "threads": args.threads, "patch_px": patch_px,
-                         "neighbour_guidance": scales, "first_seed": args.first_seed},
+                         "neighbour_guidance": scales, "edge_temperature": edges, "first_seed": args.first_seed},
               "reference": {
                   "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
                   "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),

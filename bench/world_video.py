@@ -79,8 +79,11 @@ def main(argv=None) -> dict:
     p.add_argument("--stability", type=float, default=STABILITY,
                    help="temporal hysteresis of the true clips' tokens: the one the model was trained with")
     p.add_argument("--neighbour-guidance", type=float, default=1.0, help="neighbour guidance of the sampler (1 = off)")
+    p.add_argument("--edge-temperature", type=float, default=1.0,
+                   help="× the temperature at tokens along a finished patch of the same frame (1 = off)")
     args = p.parse_args(argv)
-    SAMPLING.update(temperature=args.temperature, top_k=args.top_k, neighbour_guidance=args.neighbour_guidance)
+    SAMPLING.update(temperature=args.temperature, top_k=args.top_k, neighbour_guidance=args.neighbour_guidance,
+                    edge_temperature=args.edge_temperature)
     torch.set_num_threads(args.threads)
     vqgan = vq_loader.load_vqgan(str(args.vqgan)).eval()
     model = checkpoint.load_infinity(str(args.model)).eval()

@@ -99,7 +99,7 @@ def test_infinity_never_waits_per_token_and_draws_the_cpu_tokens(options):
 
 
 @pytest.mark.parametrize("guidance", [dict(guidance=3.0), dict(neighbour_guidance=1.5),
-                                      dict(guidance=2.0, neighbour_guidance=1.5)])
+                                      dict(guidance=2.0, neighbour_guidance=1.5, edge_temperature=0.7)])
 def test_infinity_guidance_never_waits_per_token(guidance):
     """Guidance runs its row groups as one bigger batch on the device (the rows without neighbours
     masked there); the token loop still never reads back."""

@@ -68,9 +68,12 @@ def test_generate_canvas_size_and_seed_reproducibility(comfy):
 
 def test_neighbour_guidance_reaches_the_sampler(comfy):
     """1 is the plain canvas; 0 draws every patch as if it had no neighbours, i.e. the canvas of an NCP
-    with no extent (same seed, same draws)."""
-    plain = pixels(comfy, comfy.run(image_graph(3, 2, seed=5)))
-    one, zero, alone = image_graph(3, 2, seed=5), image_graph(3, 2, seed=5), image_graph(3, 2, seed=5)
+    with no extent (same seed, same draws; edge temperature 1, since a patch without neighbours has no
+    edges)."""
+    plain, one, zero, alone = (image_graph(3, 2, seed=5) for _ in range(4))
+    for graph in (plain, one, zero, alone):
+        graph["g"]["inputs"]["edge_temperature"] = 1.0
+    plain = pixels(comfy, comfy.run(plain))
     one["g"]["inputs"]["neighbour_guidance"] = 1.0
     zero["g"]["inputs"]["neighbour_guidance"] = 0.0
     alone["g"]["inputs"].update(e_w=0, e_h=0)
@@ -78,6 +81,17 @@ def test_neighbour_guidance_reaches_the_sampler(comfy):
     unguided = pixels(comfy, comfy.run(zero))
     assert torch.equal(unguided, pixels(comfy, comfy.run(alone)))
     assert not torch.equal(unguided, plain)
+
+
+def test_edge_temperature_reaches_the_sampler(comfy):
+    """The nodes draw patch edges at 0.7 × the temperature unless told otherwise: the default canvas is
+    the one made with 0.7, and 1 (edges as the inside) makes another."""
+    default, explicit, plain = (image_graph(3, 2, seed=6) for _ in range(3))
+    explicit["g"]["inputs"]["edge_temperature"] = 0.7
+    plain["g"]["inputs"]["edge_temperature"] = 1.0
+    canvas = pixels(comfy, comfy.run(default))
+    assert torch.equal(canvas, pixels(comfy, comfy.run(explicit)))
+    assert not torch.equal(canvas, pixels(comfy, comfy.run(plain)))
 
 
 def test_outpaint_keeps_the_given_patches_and_places_them(comfy):

@@ -182,6 +182,19 @@ def test_validation_keeps_the_best_checkpoint(tmp_path, capsys):
         train.main([*common, "--steps", "1", "--val-tokens", val])
 
 
+def test_teacher_forced_log_probs_score_what_heldout_nll_scores():
+    """The per-token distributions of a true canvas: each sums to one, the true tokens' mean
+    cross-entropy is heldout_nll's for the same scan, and their argmax is teacher_forced_argmax."""
+    model = tiny_model(2, n_embed=32, trained_extents=config.Extents(1, 1, 0))
+    canvases = torch.randint(0, 32, (3, 1, 4, 6), generator=torch.Generator().manual_seed(2))
+    log_probs = training.teacher_forced_log_probs(model, canvases, "right")
+    assert log_probs.shape == (3, 1, 4, 6, 32) and log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 1, 4, 6))
+    nll = float(-log_probs.gather(-1, canvases[..., None]).mean())
+    assert nll == pytest.approx(training.heldout_nll(model, canvases, config.Extents(1, 1, 0), order="right"), abs=1e-5)
+    assert torch.equal(training.teacher_forced_argmax(model, canvases, "right"), log_probs.argmax(-1))
+
+
 def test_video_training_learns_to_use_the_previous_frame():
     """Clips whose frames repeat a random first frame: only the NCP's frame axis (e_f = 1) can predict
     the later frames, so after training held-out clips cost far fewer nats with it than without."""

@@ -78,7 +78,8 @@ def read_patch(tokens_bfhw: torch.Tensor, pos: PatchPos, patch_h: int, patch_w: 
 
 def write_patch(tokens_bfhw: torch.Tensor, pos: PatchPos, patch_bt: torch.Tensor,
                 patch_h: int, patch_w: int) -> None:
-    """Store ``[B, patch_h * patch_w]`` raster-order tokens into the canvas in place."""
+    """Store ``[B, patch_h * patch_w]`` raster-order tokens (or ``[B, patch_h * patch_w, ...]`` values per
+    token, into a canvas ``[B, F, H, W, ...]``) into the canvas in place."""
     f, r, c = pos
     tokens_bfhw[:, f, r * patch_h:(r + 1) * patch_h, c * patch_w:(c + 1) * patch_w] = \
-        patch_bt.reshape(-1, patch_h, patch_w).to(tokens_bfhw.dtype)
+        patch_bt.reshape(patch_bt.shape[0], patch_h, patch_w, *patch_bt.shape[2:]).to(tokens_bfhw.dtype)

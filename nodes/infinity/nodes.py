@@ -36,6 +36,9 @@ from .stream import stream_canvas
 InfinityModel = io.Custom("BOUNDLESS_INFINITY")
 NCPState = io.Custom("BOUNDLESS_NCP_STATE")
 STATE_FOLDER = "infinity_states"
+# The sampling nodes' edge temperature, measured on the demo world models (BENCHMARKS.md "Where the seams
+# come from"); the sampler's own default stays 1 (every token alike).
+EDGE_TEMPERATURE = 0.7
 DIRECTIONS = {"right": [("right",)], "left": [("left",)], "down": [("down",)], "up": [("up",)],
               "left+right": [("left",), ("right",)], "up+down": [("up",), ("down",)],
               "all sides": [("left",), ("right",), ("up",), ("down",)], "next frames": [(FUTURE,)]}
@@ -63,7 +66,16 @@ def _sampling_inputs():
 
 
 def _guidance_inputs():
-    return [_text_guidance_input(), _neighbour_guidance_input()]
+    return [_text_guidance_input(), _neighbour_guidance_input(), _edge_temperature_input()]
+
+
+def _edge_temperature_input():
+    return io.Float.Input("edge_temperature", default=EDGE_TEMPERATURE, min=0.0, max=2.0, step=0.05, optional=True,
+                          tooltip="Temperature of the tokens along a finished neighbouring patch, times "
+                                  "'temperature' (1 = as inside the patch). A model is less sure at patch edges "
+                                  "than inside, so below 1 the edges continue their neighbours more surely and the "
+                                  "steps at patch columns close, at no extra cost (BENCHMARKS.md 'Where "
+                                  "the seams come from').")
 
 
 def _neighbour_guidance_input():
@@ -96,7 +108,8 @@ def _text_input():
 
 
 def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None,
-                 draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0) -> CanvasState:
+                 draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0,
+                 edge_temperature=EDGE_TEMPERATURE) -> CanvasState:
     """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
 
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
@@ -117,7 +130,8 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
     try:
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=condition, progress_unit="token",
             progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget,
-            draws=draws, guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance)
+            draws=draws, guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance,
+            edge_temperature=edge_temperature)
     except mm.InterruptProcessingException:
         path = _save_path("interrupted")
         state.save(path)
@@ -254,11 +268,12 @@ class InfinityGenerateCanvas(io.ComfyNode):
     @classmethod
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
                 temperature, top_k, preview_vqgan=None, text=None, draws=MODEL_DEVICE,
-                text_guidance=1.0, neighbour_guidance=1.0) -> io.NodeOutput:
+                text_guidance=1.0, neighbour_guidance=1.0,
+                edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
         state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
                                       Extents(e_w, e_h, e_f), wrap), order)
         return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance, neighbour_guidance))
+                                          text_guidance, neighbour_guidance, edge_temperature))
 
 
 class InfinityOutpaintStep(io.ComfyNode):
@@ -287,7 +302,7 @@ class InfinityOutpaintStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
                 preview_vqgan=None, text=None, draws=MODEL_DEVICE, text_guidance=1.0,
-                neighbour_guidance=1.0) -> io.NodeOutput:
+                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "next frames" and state.extents.f < 1:
             raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
@@ -297,7 +312,7 @@ class InfinityOutpaintStep(io.ComfyNode):
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
         return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance, neighbour_guidance))
+                                          text_guidance, neighbour_guidance, edge_temperature))
 
 
 class InfinityResume(io.ComfyNode):
@@ -317,14 +332,15 @@ class InfinityResume(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
-                text=None, draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0) -> io.NodeOutput:
+                text=None, draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0,
+                edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
         state.require_model(model.model)
         if state.step >= len(state.plan.flat):
             raise BoundlessError("Infinity Resume: this state has nothing left to generate (its plan is finished, or "
                                  "it never had one, like a blank NCP State). Use Infinity Outpaint Step ('fill' "
                                  "generates a state's unknown patches) or Generate Canvas instead")
         return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text,
-                                          draws, text_guidance, neighbour_guidance))
+                                          draws, text_guidance, neighbour_guidance, edge_temperature))
 
 
 class NCPStateToTokens(io.ComfyNode):
@@ -521,7 +537,7 @@ class InfinityStreamCanvas(io.ComfyNode):
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
                 filename_prefix, text=None, draws=MODEL_DEVICE, text_guidance=1.0,
-                neighbour_guidance=1.0) -> io.NodeOutput:
+                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
         net, tokenizer = comfy_glue.load_together(model, vqgan)
         condition = text_condition(net, text)
         empty = guidance_text(net, text, text_guidance)
@@ -533,7 +549,8 @@ class InfinityStreamCanvas(io.ComfyNode):
         result = stream_canvas(net, tokenizer, path, width_patches, height_patches, seed=seed,
                                temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f), text=condition,
                                progress=comfy_glue.progress_reporter(width_patches * height_patches), draws=draws,
-                               guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance)
+                               guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance,
+                               edge_temperature=edge_temperature)
         logging.info("[Boundless] wrote %dx%d px canvas to %s", result.width, result.height, path)
         return io.NodeOutput(result.state, result.preview.to(comfy_glue.output_device()),
                              ui={"text": [f"{os.path.join(subfolder, os.path.basename(path))} "

@@ -72,6 +72,38 @@ def sample_token(logits_bv: torch.Tensor, draws: Draws, temperature: float, top_
     return draws.categorical(probs)
 
 
+def edge_tokens(context: list[ContextItem], patch_h: int, patch_w: int) -> torch.Tensor:
+    """``[patch_h · patch_w]`` bool in raster order: the tokens of a patch that touch a finished patch of
+    the same frame beside it — its first token column when the patch to its left is in the context
+    (a finished or pre-cached neighbour, across the 360° seam too), its last column for the one to its
+    right, its first / last row for the ones above / below. Previous frames do not count."""
+    edge_hw = torch.zeros(patch_h, patch_w, dtype=torch.bool)
+    for item in context:
+        dw, dh, df = item.offset
+        if df != 0 or (dw != 0) == (dh != 0):          # only the four side neighbours of this frame
+            continue
+        if dh == 0:
+            edge_hw[:, 0 if dw < 0 else -1] = True
+        else:
+            edge_hw[0 if dh < 0 else -1, :] = True
+    return edge_hw.flatten()
+
+
+def token_temperatures(context: list[ContextItem], patch_h: int, patch_w: int, temperature: float,
+                       edge_temperature: float) -> list[float]:
+    """The sampling temperature of each token of a patch (raster order): ``temperature × edge_temperature``
+    on the tokens that touch a finished neighbour (``edge_tokens``), ``temperature`` elsewhere.
+
+    Why: a model is less sure of a patch's edge tokens than of its inside — on the demo world models
+    about 0.1 nats more entropy at the first token column, on real token maps and their own canvases
+    alike (``bench/seam_profile.py``) — so at one temperature it draws more varied tokens along patch
+    edges than inside, and the canvas steps there. Plain Python floats: choosing them syncs nothing."""
+    if edge_temperature == 1.0:
+        return [temperature] * (patch_h * patch_w)
+    edge = edge_tokens(context, patch_h, patch_w).tolist()
+    return [temperature * edge_temperature if on_edge else temperature for on_edge in edge]
+
+
 def _text_for(text: TextCondition, pos: PatchPos) -> Optional[torch.Tensor]:
     return text(pos) if callable(text) else text
 
@@ -172,11 +204,12 @@ def guided_text(guidance: Guidance, text_bld: Optional[torch.Tensor], empty_bld:
 
 
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
-                  draws: Draws, temperature: float, top_k: int, use_kv_cache: bool,
+                  draws: Draws, temperatures: list[float], top_k: int, use_kv_cache: bool,
                   on_token: Callable[[int], None],
                   static: Optional[tuple[StaticDecoder, GraphStep]] = None,
                   guidance: Guidance = Guidance()) -> tuple[torch.Tensor, PatchCache]:
-    """Sample one patch's tokens ``[B, T]`` and return them with the patch's cache.
+    """Sample one patch's tokens ``[B, T]`` (token i at ``temperatures[i]``) and return them with the
+    patch's cache.
 
     With guidance ``batch`` is ``groups · B`` rows (text by ``guided_text``; the context's caches hold
     ``B`` rows, seen by the first ``guidance.context_rows(B)``): each token is drawn from
@@ -189,8 +222,8 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
     context_rows = guidance.context_rows(out_b)
     tokens = torch.empty(out_b, t, dtype=torch.int64, device=device)
 
-    def pick(logits_nv: torch.Tensor) -> torch.Tensor:
-        return sample_token(guidance.mix(logits_nv), draws, temperature, top_k)
+    def pick(logits_nv: torch.Tensor, i: int) -> torch.Tensor:
+        return sample_token(guidance.mix(logits_nv), draws, temperatures[i], top_k)
 
     def fed(tokens_b: torch.Tensor) -> torch.Tensor:
         return torch.cat([tokens_b] * groups) if groups > 1 else tokens_b
@@ -203,7 +236,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
         decoder.begin(context, order, text, context_rows)
         step()
         for i in range(t):
-            tokens[:, i] = pick(decoder.logits)
+            tokens[:, i] = pick(decoder.logits, i)
             decoder.token_b.copy_(fed(tokens[:, i]))
             step()
             if i + 1 < t:
@@ -213,14 +246,14 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
         decoder = PatchDecoder(model, context, order, text, batch, context_rows)
         logits = decoder.step(None)
         for i in range(t):
-            tokens[:, i] = pick(logits)
+            tokens[:, i] = pick(logits, i)
             logits = decoder.step(fed(tokens[:, i]))
             if i + 1 < t:
                 on_token(i + 1)
         return tokens, own(decoder.cache())
     for i in range(t):
         logits, _ = model(fed(tokens[:, :i]), context, order, text, context_rows)
-        tokens[:, i] = pick(logits[:, i])
+        tokens[:, i] = pick(logits[:, i], i)
         if i + 1 < t:
             on_token(i + 1)
     _, cache = model(fed(tokens), context, order, text, context_rows)
@@ -233,7 +266,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
         max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE,
         decoder: str = "auto", guidance: float = 1.0, empty_text: Optional[torch.Tensor] = None,
-        neighbour_guidance: float = 1.0) -> RunStats:
+        neighbour_guidance: float = 1.0, edge_temperature: float = 1.0) -> RunStats:
     """Advance ``state`` (in place) through the rest of its plan; return statistics.
 
     progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
@@ -251,11 +284,17 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     ``neighbour_guidance``: the same contrast between the patch with and without its NCP context:
     above 1 each token leans further toward what the neighbours imply, which is what closes seams
     (BENCHMARKS.md "Neighbour guidance"); one more group of rows per patch. See ``Guidance``.
+
+    ``edge_temperature``: the temperature of the tokens along a finished neighbour is
+    ``temperature × edge_temperature`` (``token_temperatures``); below 1 the patch edges are drawn
+    more surely, which closes the steps at patch columns at no cost (1 = the same everywhere).
     """
     if guidance < 0:
         raise BoundlessError(f"text guidance must be >= 0 (1 = off), got {guidance}")
     if neighbour_guidance < 0:
         raise BoundlessError(f"neighbour guidance must be >= 0 (1 = off), got {neighbour_guidance}")
+    if edge_temperature < 0:
+        raise BoundlessError(f"edge temperature must be >= 0 (1 = as inside the patch), got {edge_temperature}")
     if guidance != 1.0 and text is None:
         raise BoundlessError("text guidance needs a prompt: connect text, or set text_guidance to 1")
     guide = Guidance(text=guidance, neighbours=neighbour_guidance)
@@ -305,8 +344,9 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                 built = StaticDecoder(model, rows, state.extents.cells * t,
                                       0 if text_now is None else text_now.shape[1])
                 static = (built, GraphStep(built))
+            temperatures = token_temperatures(context, cfg.patch_h, cfg.patch_w, temperature, edge_temperature)
             tokens_bt, cache = _sample_patch(model, context, order, text_now, rows, patch_draws,
-                                             temperature, top_k, use_kv_cache, on_token, static, guide)
+                                             temperatures, top_k, use_kv_cache, on_token, static, guide)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(tokens_bt.to(device), context, order, text_now)

@@ -145,25 +145,35 @@ def heldout_nll(model: nn.Module, canvases_nfhw: torch.Tensor, extents: Extents,
 
 
 @torch.no_grad()
-def teacher_forced_argmax(model: nn.Module, canvases_bfhw: torch.Tensor, order: str,
-                          text: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Each token's argmax prediction given the true tokens before it (its own NCP, scanned in
-    ``order``, extents as trained; ``text`` ``[B, L, C]`` for a text model): a canvas ``[B, F, H, W]``
-    of predictions."""
+def teacher_forced_log_probs(model: nn.Module, canvases_bfhw: torch.Tensor, order: str,
+                             text: Optional[torch.Tensor] = None, wrap: bool = False) -> torch.Tensor:
+    """Each token's predicted distribution given the true tokens before it (its own NCP, scanned in
+    ``order``, extents as trained, ``wrap`` for 360° canvases; ``text`` ``[B, L, C]`` for a text
+    model): log-probabilities ``[B, F, H, W, V]`` (float32). Scoring a model's *own* canvases this
+    way shows how sure it was where it sampled each token."""
     cfg = model.config
     frames, rows, cols = patch_grid_shape(canvases_bfhw, cfg.patch_h, cfg.patch_w)
     region = Region.whole(frames, rows, cols)
-    pool = NearbyContextPool(region, cfg.trained_extents)
+    pool = NearbyContextPool(region, cfg.trained_extents, wrap)
     sequence = scan(region, order)
     last_uses = pool.last_uses(sequence)
-    predicted = torch.zeros_like(canvases_bfhw)
+    log_probs = None
     for step, pos in enumerate(sequence):
         logits, cache = model(read_patch(canvases_bfhw, pos, cfg.patch_h, cfg.patch_w), pool.select(pos),
                               order_id(order), text)
-        write_patch(predicted, pos, logits.argmax(-1), cfg.patch_h, cfg.patch_w)
+        if log_probs is None:
+            log_probs = logits.new_zeros(*canvases_bfhw.shape, logits.shape[-1], dtype=torch.float32)
+        write_patch(log_probs, pos, logits.float().log_softmax(-1), cfg.patch_h, cfg.patch_w)
         pool.add(pos, cache)
         pool.remove(step, last_uses)
-    return predicted
+    return log_probs
+
+
+def teacher_forced_argmax(model: nn.Module, canvases_bfhw: torch.Tensor, order: str,
+                          text: Optional[torch.Tensor] = None, wrap: bool = False) -> torch.Tensor:
+    """Each token's argmax prediction given the true tokens before it (``teacher_forced_log_probs``):
+    a canvas ``[B, F, H, W]`` of predictions."""
+    return teacher_forced_log_probs(model, canvases_bfhw, order, text, wrap).argmax(-1)
 
 
 @torch.no_grad()

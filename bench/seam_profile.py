@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Where do the seams of free-running canvases come from? Per-boundary steps and the model's certainty.
+
+``.venv/bin/python bench/seam_profile.py --model NAME=PATH [--model ...]`` (world models; JSON out)
+
+``bench/infinity_quality.py`` pools the step at every patch column of every canvas into one seam
+ratio. This benchmark takes it apart, for canvases made with the Generate Canvas node's defaults
+(order right, temperature 1, top-k 64, ``--canvases`` canvases of 8×2 patches, seeds from
+``--first-seed``):
+
+* **per boundary**: each of the 7 column boundaries of each patch row, its step ÷ the mean step at
+  the other token boundaries of the same pixel rows; quantiles and the share above 2, so a few hard
+  edges (a forest that starts at a patch edge) and a general small step can be told apart;
+* **per token row** inside the patch row: the same ratio pooled over boundaries, for each of the
+  patch's token rows (the first rows are sampled with the least of their own patch known);
+* **certainty where it sampled**: the canvases scored teacher-forced by the model that made them
+  (``training.teacher_forced_log_probs``), beside held-out world token maps (seeds from
+  ``train_infinity_world.BENCH_SEED``): mean entropy of the predicted distribution and the
+  cross-entropy of the actual tokens, at each patch's first token column (left neighbour known) and
+  inside patches. A model that is less sure at the first column than inside draws more varied
+  tokens there, which shows as a step even when its argmax continues the neighbour.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
+import metrics  # noqa: E402
+from infinity_quality import EXTENTS, HEIGHT, Tokenizer, to_tensor  # noqa: E402
+from packpath import pack_module  # noqa: E402
+from train_infinity_world import BENCH_SEED, world_picture  # noqa: E402
+
+checkpoint = pack_module("nodes.infinity.checkpoint")
+sampler = pack_module("nodes.infinity.sampler")
+training = pack_module("nodes.infinity.training")
+vq_loader = pack_module("nodes.vq.loader")
+
+COLS, ROWS = 8, 2
+
+
+def boundary_ratios(image_hw3: torch.Tensor, patch_px: int, token_px: int) -> np.ndarray:
+    """``[patch rows, COLS - 1]``: step at each patch column boundary ÷ mean step at the other token
+    boundaries, over the pixel rows of that patch row."""
+    grey_hw = image_hw3.float().mean(-1)
+    steps_hw = (grey_hw[:, 1:] - grey_hw[:, :-1]).abs()                 # steps_hw[:, x - 1]: step at column x
+    x = torch.arange(1, steps_hw.shape[1] + 1)
+    patch_cols, token_cols = x % patch_px == 0, (x % token_px == 0) & (x % patch_px != 0)
+    out = []
+    for band_hw in steps_hw.split(patch_px, dim=0):
+        others = band_hw[:, token_cols].mean()
+        out.append((band_hw[:, patch_cols].mean(0) / others).numpy())
+    return np.stack(out)
+
+
+def token_row_ratios(images: list[torch.Tensor], patch_px: int, token_px: int) -> list[float]:
+    """For each token row of a patch (0 = first sampled): mean boundary step ÷ mean other-boundary step,
+    pooled over every image and patch row."""
+    at, other = np.zeros(patch_px // token_px), np.zeros(patch_px // token_px)
+    for image in images:
+        grey_hw = image.float().mean(-1)
+        steps_hw = (grey_hw[:, 1:] - grey_hw[:, :-1]).abs()
+        x = torch.arange(1, steps_hw.shape[1] + 1)
+        patch_cols, token_cols = x % patch_px == 0, (x % token_px == 0) & (x % patch_px != 0)
+        y_in_patch = torch.arange(steps_hw.shape[0]) % patch_px // token_px
+        for k in range(len(at)):
+            rows_hw = steps_hw[y_in_patch == k]
+            at[k] += float(rows_hw[:, patch_cols].mean())
+            other[k] += float(rows_hw[:, token_cols].mean())
+    return [round(float(v), 3) for v in at / other]
+
+
+def certainty(model, maps_hw: list[torch.Tensor], batch: int = 4) -> dict:
+    """Teacher-forced entropy and cross-entropy (nats) at each patch's first token column (where the
+    left neighbour is known: patch columns 1..) and inside patches (token columns 1.. of a patch)."""
+    pw = model.config.patch_w
+    sums = {"first_column": [0.0, 0.0, 0], "inside": [0.0, 0.0, 0]}
+    for start in range(0, len(maps_hw), batch):
+        tokens_bfhw = torch.stack(maps_hw[start:start + batch])[:, None]
+        log_probs = training.teacher_forced_log_probs(model, tokens_bfhw, "right")[:, 0]   # [B, H, W, V]
+        entropy_bhw = -(log_probs.exp() * log_probs).sum(-1)
+        nll_bhw = -log_probs.gather(-1, tokens_bfhw[:, 0, ..., None]).squeeze(-1)
+        x = torch.arange(tokens_bfhw.shape[-1])
+        for name, where in (("first_column", (x % pw == 0) & (x >= pw)), ("inside", x % pw != 0)):
+            sums[name][0] += float(entropy_bhw[..., where].sum())
+            sums[name][1] += float(nll_bhw[..., where].sum())
+            sums[name][2] += int(entropy_bhw[..., where].numel())
+    return {name: {"entropy": round(e / n, 3), "cross_entropy": round(c / n, 3)} for name, (e, c, n) in sums.items()}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", required=True, help="NAME=PATH of a world NUWA-Infinity model")
+    p.add_argument("--vqgan", default=str(ROOT / "models" / "vqgan" / "boundless_world_f16_m256.safetensors"))
+    p.add_argument("--canvases", type=int, default=16)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--world-pictures", type=int, default=8, help="held-out world panoramas scored teacher-forced")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=64)
+    p.add_argument("--neighbour-guidance", type=float, default=1.0)
+    p.add_argument("--edge-temperature", type=float, default=1.0, help="× the temperature at patch edges (1 = off)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tok = Tokenizer(vq_loader.load_vqgan(args.vqgan).eval())
+    real_maps = [tok.encode(to_tensor(world_picture(seed, 2048, HEIGHT)))
+                 for seed in range(BENCH_SEED, BENCH_SEED + args.world_pictures)]
+    result = {"config": {"canvases": args.canvases, "first_seed": args.first_seed, "temperature": args.temperature,
+                         "top_k": args.top_k, "neighbour_guidance": args.neighbour_guidance,
+                         "edge_temperature": args.edge_temperature,
+                         "world_pictures": args.world_pictures}}
+    for name, path in (item.split("=", 1) for item in args.model):
+        model = checkpoint.load_infinity(path).eval()
+        patch_px, token_px = model.config.patch_w * tok.vqgan.factor, tok.vqgan.factor
+        maps = [sampler.generate_canvas(model, COLS, ROWS, order="right", extents=EXTENTS, seed=seed,
+                                        temperature=args.temperature, top_k=args.top_k,
+                                        neighbour_guidance=args.neighbour_guidance,
+                                        edge_temperature=args.edge_temperature).tokens[0, 0]
+                for seed in range(args.first_seed, args.first_seed + args.canvases)]
+        images = [tok.decode(tokens) for tokens in maps]
+        per_boundary = np.stack([boundary_ratios(image, patch_px, token_px) for image in images])  # [N, rows, 7]
+        result[name] = {
+            "seam_vertical": round(metrics.seam_ratio(images, patch_px, "vertical"), 3),
+            "seam_vertical_vs_token_boundaries": round(metrics.seam_ratio(images, patch_px, "vertical", token_px), 3),
+            "per_boundary_quantiles_10_50_90_99": [round(float(q), 3) for q in
+                                                   np.quantile(per_boundary, [0.1, 0.5, 0.9, 0.99])],
+            "per_boundary_share_above_2": round(float((per_boundary > 2).mean()), 3),
+            "per_boundary_by_patch_row_median": [round(float(v), 3) for v in np.median(per_boundary, axis=(0, 2))],
+            "per_boundary_by_column_median": [round(float(v), 3) for v in np.median(per_boundary, axis=(0, 1))],
+            "per_token_row": token_row_ratios(images, patch_px, token_px),
+            "certainty_generated": certainty(model, maps),
+            "certainty_held_out": certainty(model, real_maps),
+        }
+        print(json.dumps({name: result[name]}), flush=True)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
