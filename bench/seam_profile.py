@@ -46,18 +46,21 @@ vq_loader = pack_module("nodes.vq.loader")
 COLS, ROWS = 8, 2
 
 
+def _row_steps(image_hw3: torch.Tensor, patch_px: int, token_px: int):
+    """Per-pixel-row steps ``[H, W - 1]`` (``[:, x - 1]`` is the step at column x, grey level), and
+    which of those columns start a patch and which are the other token boundaries."""
+    grey_hw = image_hw3.float().mean(-1)
+    steps_hw = (grey_hw[:, 1:] - grey_hw[:, :-1]).abs()
+    x = torch.arange(1, steps_hw.shape[1] + 1)
+    return steps_hw, x % patch_px == 0, (x % token_px == 0) & (x % patch_px != 0)
+
+
 def boundary_ratios(image_hw3: torch.Tensor, patch_px: int, token_px: int) -> np.ndarray:
     """``[patch rows, COLS - 1]``: step at each patch column boundary ÷ mean step at the other token
     boundaries, over the pixel rows of that patch row."""
-    grey_hw = image_hw3.float().mean(-1)
-    steps_hw = (grey_hw[:, 1:] - grey_hw[:, :-1]).abs()                 # steps_hw[:, x - 1]: step at column x
-    x = torch.arange(1, steps_hw.shape[1] + 1)
-    patch_cols, token_cols = x % patch_px == 0, (x % token_px == 0) & (x % patch_px != 0)
-    out = []
-    for band_hw in steps_hw.split(patch_px, dim=0):
-        others = band_hw[:, token_cols].mean()
-        out.append((band_hw[:, patch_cols].mean(0) / others).numpy())
-    return np.stack(out)
+    steps_hw, patch_cols, token_cols = _row_steps(image_hw3, patch_px, token_px)
+    return np.stack([(band_hw[:, patch_cols].mean(0) / band_hw[:, token_cols].mean()).numpy()
+                     for band_hw in steps_hw.split(patch_px, dim=0)])
 
 
 def token_row_ratios(images: list[torch.Tensor], patch_px: int, token_px: int) -> list[float]:
@@ -65,10 +68,7 @@ def token_row_ratios(images: list[torch.Tensor], patch_px: int, token_px: int) -
     pooled over every image and patch row."""
     at, other = np.zeros(patch_px // token_px), np.zeros(patch_px // token_px)
     for image in images:
-        grey_hw = image.float().mean(-1)
-        steps_hw = (grey_hw[:, 1:] - grey_hw[:, :-1]).abs()
-        x = torch.arange(1, steps_hw.shape[1] + 1)
-        patch_cols, token_cols = x % patch_px == 0, (x % token_px == 0) & (x % patch_px != 0)
+        steps_hw, patch_cols, token_cols = _row_steps(image, patch_px, token_px)
         y_in_patch = torch.arange(steps_hw.shape[0]) % patch_px // token_px
         for k in range(len(at)):
             rows_hw = steps_hw[y_in_patch == k]

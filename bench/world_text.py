@@ -120,14 +120,15 @@ def tokenizer_key(vqgan) -> str:
     return digest.hexdigest()[:12]
 
 
-def round_trip_features(reader: Reader, vqgan, seeds: range, cache: pathlib.Path | None) -> tuple[np.ndarray, list[dict]]:
+def round_trip_features(reader: Reader, vqgan, seeds: range, cache: pathlib.Path | None,
+                        key: str = "") -> tuple[np.ndarray, list[dict]]:
     """Reader features of the round-trips of the world scenes of ``seeds``, and their attributes.
 
-    Cached per tokenizer and seed range under ``cache`` (None: not cached): the features of 300
-    scenes take about half an hour on two CPU threads, and every model of one tokenizer is read by
-    the same classifiers."""
+    Cached under ``cache`` (None: not cached) per tokenizer (``key``, its ``tokenizer_key``) and seed
+    range: the features of 300 scenes take about half an hour on two CPU threads, and every model of
+    one tokenizer is read by the same classifiers."""
     labels = [attributes(scene_mod.sample_scene(seed)) for seed in seeds]
-    path = None if cache is None else cache / f"world_text_reader_{READER_VERSION}_{tokenizer_key(vqgan)}_{seeds.start}_{seeds.stop}.npy"
+    path = None if cache is None else cache / f"world_text_reader_{READER_VERSION}_{key}_{seeds.start}_{seeds.stop}.npy"
     if path is not None and path.is_file():
         return np.load(path), labels
     images, _ = world_round_trips(vqgan, seeds)
@@ -154,7 +155,7 @@ def main(argv=None) -> dict:
                    help="held-out renders the classifiers fit on (100 / 200 / 300 reach a 0.83 / 0.89 / 0.91 ceiling)")
     p.add_argument("--check-scenes", type=int, default=80, help="other held-out renders that measure the ceiling")
     p.add_argument("--ceiling-only", action="store_true", help="only the classifiers' ceiling (no --model needed)")
-    p.add_argument("--cache", type=pathlib.Path, default=ROOT / "output" / "cache",
+    p.add_argument("--cache", default=str(ROOT / "output" / "cache"),
                    help="folder for the round-trips' reader features ('' = no cache)")
     p.add_argument("--prompts", type=int, default=24, help="held-out scenes prompted (each: caption + paraphrase)")
     p.add_argument("--guidance", default="1", help="comma list of text-guidance scales (1 = off)")
@@ -169,10 +170,12 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     vqgan = vq_loader.load_vqgan(args.vqgan).float().eval()
     reader = Reader()
-    cache = args.cache if str(args.cache) else None
+    cache = pathlib.Path(args.cache) if args.cache else None
+    key = tokenizer_key(vqgan) if cache is not None else ""
     fit_end = CLASSIFIER_SEED + args.classifier_scenes
-    reader.fit(*round_trip_features(reader, vqgan, range(CLASSIFIER_SEED, fit_end), cache))
-    check_feats, check_labels = round_trip_features(reader, vqgan, range(fit_end, fit_end + args.check_scenes), cache)
+    reader.fit(*round_trip_features(reader, vqgan, range(CLASSIFIER_SEED, fit_end), cache, key))
+    check_feats, check_labels = round_trip_features(reader, vqgan, range(fit_end, fit_end + args.check_scenes),
+                                                    cache, key)
     ceiling = agreement(reader.read(check_feats), check_labels)
     print(json.dumps({"classifier_on_held_out_round_trips": ceiling}), flush=True)
     if args.ceiling_only:
