@@ -18,7 +18,10 @@ ratio. This benchmark takes it apart, for canvases made with the Generate Canvas
   ``train_infinity_world.BENCH_SEED``): mean entropy of the predicted distribution and the
   cross-entropy of the actual tokens, at each patch's first token column (left neighbour known) and
   inside patches. A model that is less sure at the first column than inside draws more varied
-  tokens there, which shows as a step even when its argmax continues the neighbour.
+  tokens there, which shows as a step even when its argmax continues the neighbour;
+* **frame codes**: the share of each model's tokens that are codes the tokenizer puts at a plainly
+  encoded picture's left and right ends (``frame_codes``), beside their share inside held-out maps:
+  a model trained on maps with such end columns draws bits of picture border inside its canvases.
 """
 from __future__ import annotations
 
@@ -77,6 +80,26 @@ def token_row_ratios(images: list[torch.Tensor], patch_px: int, token_px: int) -
     return [round(float(v), 3) for v in at / other]
 
 
+def frame_codes(maps_hw: list[torch.Tensor], vocab: int, ratio: float = 5.0) -> torch.Tensor:
+    """``[vocab]`` bool: the codes a plain encode puts at a picture's left and right ends (its first token
+    column and last three) at least ``ratio``× as often as inside, and on at least 0.2 % of end tokens.
+
+    The tokenizer draws the picture's border there. A model trained on crops that hold such columns
+    learns to draw them anywhere (``tiling.encode_tiled``'s ``wrap_px``), so their share in a model's
+    canvases, against the share inside real maps, says how much border it draws inside pictures."""
+    tokens_nhw = torch.stack(maps_hw)
+    def shares(part):
+        return torch.bincount(part.flatten(), minlength=vocab).float() / part.numel()
+    inside, ends = shares(tokens_nhw[..., 16:-16]), shares(tokens_nhw[..., [0, -3, -2, -1]])
+    return (ends >= ratio * inside) & (ends >= 0.002)
+
+
+def frame_code_share(maps_hw: list[torch.Tensor], codes_v: torch.Tensor, inside_only: bool = False) -> float:
+    tokens = torch.stack(maps_hw)
+    tokens = tokens[..., 16:-16] if inside_only else tokens
+    return round(float(codes_v[tokens].float().mean()), 4)
+
+
 def certainty(model, maps_hw: list[torch.Tensor], batch: int = 4) -> dict:
     """Teacher-forced entropy and cross-entropy (nats) at each patch's first token column (where the
     left neighbour is known: patch columns 1..) and inside patches (token columns 1.. of a patch)."""
@@ -116,6 +139,10 @@ def main(argv=None) -> dict:
                          "top_k": args.top_k, "neighbour_guidance": args.neighbour_guidance,
                          "edge_temperature": args.edge_temperature,
                          "world_pictures": args.world_pictures}}
+    vocab = tok.vqgan.quantize.embedding.weight.shape[0]
+    border_v = frame_codes(real_maps, vocab)
+    result["frame_codes"] = {"codes": int(border_v.sum()),
+                             "share_inside_held_out_maps": frame_code_share(real_maps, border_v, inside_only=True)}
     for name, path in (item.split("=", 1) for item in args.model):
         model = checkpoint.load_infinity(path).eval()
         patch_px, token_px = model.config.patch_w * tok.vqgan.factor, tok.vqgan.factor
@@ -135,6 +162,7 @@ def main(argv=None) -> dict:
             "per_boundary_by_patch_row_median": [round(float(v), 3) for v in np.median(per_boundary, axis=(0, 2))],
             "per_boundary_by_column_median": [round(float(v), 3) for v in np.median(per_boundary, axis=(0, 1))],
             "per_token_row": token_row_ratios(images, patch_px, token_px),
+            "frame_code_share": frame_code_share(maps, border_v),
             "certainty_generated": certainty(model, maps),
             "certainty_held_out": certainty(model, real_maps),
         }

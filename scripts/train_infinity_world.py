@@ -41,6 +41,7 @@ CACHE = ROOT / "output" / "cache"
 VALIDATION_SEED, VALIDATION_COUNT = 100_000, 16
 BENCH_SEED = 200_000
 TRAIN_SIZE, VALIDATION_SIZE = (2048, 512), (1024, 512)
+WRAP_MARGIN_PX = 128        # tiling.PANORAMA_MARGIN_PX; part of the token caches' names
 DEFAULTS = ["--dim", "128", "--depth", "4", "--heads", "4", "--patch", "16", "16", "--extents", "1", "1", "0",
             "--canvas", "2", "2", "--batch", "2", "--lr", "3e-4", "--steps", "1000000", "--minutes", "60",
             "--save-every", "200", "--threads", "1", "--rope-base", "100"]
@@ -64,7 +65,14 @@ def _start_worker(vqgan_path: str, size: tuple[int, int]) -> None:
 def _tokenize_seed(seed: int) -> torch.Tensor:
     picture = torch.from_numpy(world_picture(seed, *_WORKER["size"])).float().div(127.5).sub(1.0)
     with torch.no_grad():
-        return _WORKER["vqgan"].encode_indices(picture.permute(2, 0, 1)[None])[0]
+        return encode_panorama(_WORKER["vqgan"], picture.permute(2, 0, 1)[None])[0]
+
+
+def encode_panorama(vqgan, picture_bchw: torch.Tensor) -> torch.Tensor:
+    """Token maps of world panoramas, which are seamless 360°: encoded round (``tiling.encode_tiled``'s
+    ``wrap_px``), so no frame codes sit at their left and right ends, where crops and rolled wrap
+    canvases would put them in the middle of a training canvas."""
+    return pack_module("nodes.vq.tiling").encode_tiled(vqgan, picture_bchw, wrap_px=WRAP_MARGIN_PX)
 
 
 def tokens_only(path: pathlib.Path) -> pathlib.Path:
@@ -88,7 +96,8 @@ def world_tokens(seeds: range, size: tuple[int, int], vqgan_path: pathlib.Path, 
     vqgan = vq_loader.load_vqgan(str(vqgan_path)).eval()
     identity = tokens_mod.fingerprint(vq_loader.KIND, vqgan.quantize.embedding.weight)
     kind = "captioned_" if captions else ""
-    path = cache / f"world_{kind}{seeds.start}_{seeds.stop}_{size[0]}x{size[1]}_{cache_key(vqgan)}.safetensors"
+    path = cache / (f"world_{kind}{seeds.start}_{seeds.stop}_{size[0]}x{size[1]}_round{WRAP_MARGIN_PX}_"
+                    f"{cache_key(vqgan)}.safetensors")
     if path.is_file():
         return path
     tensors, metadata = {}, {"tokenizer": identity, "factor": str(vqgan.factor), "seeds": f"{seeds.start}:{seeds.stop}"}

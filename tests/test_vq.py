@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from packpath import pack_module
+from packpath import ROOT, pack_module
 from vq_tiny import tiny_vqgan
 
 loader = pack_module("nodes.vq.loader")
@@ -146,6 +146,72 @@ def test_tiling_equals_single_pass_when_one_tile_and_covers_canvas():
         img = tiling.decode_tiled(model, whole, tile_px=32, margin_px=96)
         assert torch.allclose(img, model.decode_indices(whole), atol=1e-5)
         assert tiling.decode_tiled(model, whole, tile_px=32, margin_px=0).shape == (1, 3, 64, 96)
+
+
+@pytest.fixture(scope="module")
+def world_panoramas():
+    """The 256-code world tokenizer and three world panoramas (1024×256, seamless 360°)."""
+    from train_infinity_world import world_picture
+    vqgan = loader.load_vqgan(str(ROOT / "models" / "vqgan" / "boundless_world_f16_m256.safetensors")).eval()
+    pictures = [torch.from_numpy(world_picture(seed, 1024, 256)).float().div(127.5).sub(1).permute(2, 0, 1)[None]
+                for seed in range(3)]
+    return vqgan, pictures
+
+
+def test_a_360_encode_is_the_middle_of_the_picture_with_its_other_ends_beside_it(world_panoramas):
+    vqgan, pictures = world_panoramas
+    x = pictures[0][..., :128, :512]
+    padded = torch.cat([x[..., -32:], x, x[..., :32]], dim=-1)
+    with torch.no_grad():
+        tokens = tiling.encode_tiled(vqgan, x, wrap_px=32)
+        assert torch.equal(tokens, vqgan.encode_indices(padded)[..., 2:-2])
+        assert not torch.equal(tokens, vqgan.encode_indices(x))              # the ends do change
+        # with tiles too (margins covering the padded picture: the same as one pass)
+        assert torch.equal(tiling.encode_tiled(vqgan, x, tile_px=256, margin_px=576, wrap_px=32), tokens)
+        wide = vqgan.decode_indices(torch.cat([tokens[..., -2:], tokens, tokens[..., :2]], dim=-1))
+        assert torch.allclose(tiling.decode_tiled(vqgan, tokens, wrap_px=32), wide[..., 32:-32], atol=1e-5)
+        # a margin wider than the picture is cut to the picture; one below a token is no margin
+        assert torch.equal(tiling.encode_tiled(vqgan, x, wrap_px=4096),
+                           vqgan.encode_indices(torch.cat([x, x, x], dim=-1))[..., 32:64])
+        assert torch.equal(tiling.encode_tiled(vqgan, x, wrap_px=8), vqgan.encode_indices(x))
+    with pytest.raises(BoundlessError, match="360° margin must be >= 0"):
+        tiling.encode_tiled(vqgan, x, wrap_px=-16)
+
+
+def test_encoded_round_a_panoramas_ends_get_the_codes_they_get_inside(world_panoramas):
+    """Plainly encoded, the first and last token columns of a panorama are frame codes; encoded round
+    they match what the same columns get when the panorama is rolled so they sit in the middle."""
+    vqgan, pictures = world_panoramas
+    ends, middle = [0, 1, 61, 62, 63], list(range(8, 24))
+    plain_ends, round_ends, round_middle = [], [], []
+    with torch.no_grad():
+        for picture in pictures:
+            inside = vqgan.encode_indices(picture.roll(512, -1))[0].roll(-32, -1)
+            plain = vqgan.encode_indices(picture)[0]
+            round_ = tiling.encode_tiled(vqgan, picture, wrap_px=tiling.PANORAMA_MARGIN_PX)[0]
+            plain_ends.append((plain[:, ends] == inside[:, ends]).float().mean().item())
+            round_ends.append((round_[:, ends] == inside[:, ends]).float().mean().item())
+            round_middle.append((round_[:, middle] == inside[:, middle]).float().mean().item())
+    mean = lambda values: sum(values) / len(values)
+    assert mean(round_ends) > mean(plain_ends) + 0.3, (plain_ends, round_ends)
+    assert mean(round_ends) > mean(round_middle) - 0.1, (round_ends, round_middle)    # ends like the inside
+
+
+def test_decoded_round_a_panoramas_ends_join(world_panoramas):
+    """Decoded plainly, the decoder draws a border at both ends, so they step far more than a token
+    boundary where they meet; decoded round they step like one."""
+    vqgan, pictures = world_panoramas
+    with torch.no_grad():
+        for picture in pictures:
+            tokens = tiling.encode_tiled(vqgan, picture, wrap_px=tiling.PANORAMA_MARGIN_PX)
+            ratios = []
+            for image in (vqgan.decode_indices(tokens), tiling.decode_tiled(vqgan, tokens,
+                                                                             wrap_px=tiling.PANORAMA_MARGIN_PX)):
+                image = image[0].clamp(-1, 1)
+                token_steps = (image[..., 16::16] - image[..., 15:-1:16]).abs().mean()
+                ratios.append(((image[..., 0] - image[..., -1]).abs().mean() / token_steps).item())
+            plain, round_ = ratios
+            assert round_ < 5 and plain > 3 * round_, ratios
 
 
 def test_memory_check_refuses_absurd_single_pass_and_suggests_tiles():

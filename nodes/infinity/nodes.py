@@ -217,7 +217,9 @@ class NCPStateFromTokens(io.ComfyNode):
                     sockets.Tokens.Input("tokens", tooltip="Tokens of the start image, from VQGAN Encode with the "
                                                            "model's VQGAN. Its size must be whole patches."),
                     *_extent_inputs(),
-                    io.Boolean.Input("wrap", default=False, tooltip="Treat the canvas as a 360° loop.")],
+                    io.Boolean.Input("wrap", default=False,
+                                     tooltip="Treat the canvas as a 360° loop. Encode such a panorama with VQGAN "
+                                             "Encode's wrap_360 on, so its ends carry no border codes.")],
             outputs=[NCPState.Output(
                 display_name="state",
                 tooltip="The canvas state of the start image (all its patches known): connect it to Infinity "

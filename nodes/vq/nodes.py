@@ -5,11 +5,13 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..common import comfy_glue, sockets
+from ..common.errors import BoundlessError
 from ..common.images import image_to_model, model_to_image
 from ..common.tokens import Tokens, fingerprint
 from .guided import load_guide
 from .loader import KIND, load_vqgan
-from .tiling import SIZE_POLICIES, check_fits, check_output_fits, decode_tiled, encode_tiled, fit_to_factor
+from .tiling import (PANORAMA_MARGIN_PX, SIZE_POLICIES, check_fits, check_output_fits, decode_tiled, encode_tiled,
+                     fit_to_factor, wrap_margin)
 
 
 
@@ -66,21 +68,31 @@ class VQGANEncode(io.ComfyNode):
                                            "keeps the previous frame's code when that code's squared distance to "
                                            "the latent is within this much of the nearest code's: flat areas "
                                            "stop flickering between near-duplicate codes. The demo walk model was "
-                                           "trained on tokens made with 0.05 and the demo VQGAN.")],
+                                           "trained on tokens made with 0.05 and the demo VQGAN."),
+                    io.Boolean.Input("wrap_360", default=False, optional=True,
+                                     tooltip="The image is a seamless 360° panorama: encode it round, with "
+                                             f"{PANORAMA_MARGIN_PX} px of its other end beside each end, so its "
+                                             "first and last token columns are codes of what is there, not of "
+                                             "a picture border. Use it for panoramas you continue with wrap.")],
             outputs=[sockets.Tokens.Output(
                 display_name="tokens",
                 tooltip="The images as VQGAN tokens (one per f x f pixels): connect them to NCP State from Tokens "
                         "to extend the image with Infinity, or to VQGAN Decode.")])
 
     @classmethod
-    def execute(cls, vqgan, image, size_policy, tile_size, tile_margin, temporal_stability=0.0) -> io.NodeOutput:
+    def execute(cls, vqgan, image, size_policy, tile_size, tile_margin, temporal_stability=0.0,
+                wrap_360=False) -> io.NodeOutput:
         model = comfy_glue.load_for_use(vqgan)
         batch, height, width, _ = image.shape
-        check_fits(model.config, batch, height, width, comfy_glue.free_memory(), tile_size, tile_margin)
+        wrap = wrap_margin(width, model.factor, PANORAMA_MARGIN_PX) if wrap_360 else 0
+        if wrap_360 and width % model.factor:
+            raise BoundlessError(f"VQGAN Encode: a 360° panorama must be a multiple of {model.factor} px wide "
+                                 f"(this one is {width} px), or padding would break its seam; resize it")
+        check_fits(model.config, batch, height, width + 2 * wrap, comfy_glue.free_memory(), tile_size, tile_margin)
         device = comfy_glue.compute_device()
         x_bchw = fit_to_factor(image_to_model(image), model.factor, size_policy).to(device)
-        indices_bhw = encode_tiled(model, x_bchw, tile_size, tile_margin,
-                                   progress=comfy_glue.progress_reporter(1), stability=temporal_stability)
+        indices_bhw = encode_tiled(model, x_bchw, tile_size, tile_margin, progress=comfy_glue.progress_reporter(1),
+                                   stability=temporal_stability, wrap_px=wrap)
         tokens = Tokens(scales=(indices_bhw.to(comfy_glue.output_device()),),
                         tokenizer=fingerprint(KIND, model.quantize.embedding.weight), factor=model.factor)
         return io.NodeOutput(tokens)
@@ -94,21 +106,29 @@ class VQGANDecode(io.ComfyNode):
             description="Turn VQGAN tokens back into an image.",
             inputs=[sockets.VQGANModel.Input("vqgan", tooltip="The tokenizer that made the tokens."),
                     sockets.Tokens.Input("tokens", tooltip="Tokens from VQGAN Encode or a generator node."),
-                    *tile_inputs()],
+                    *tile_inputs(),
+                    io.Boolean.Input("wrap_360", default=False, optional=True,
+                                     tooltip="The tokens are a 360° panorama (a canvas generated with wrap): "
+                                             f"decode them round, with {PANORAMA_MARGIN_PX} px of the other end "
+                                             "beside each end, so the decoder draws no border there and the "
+                                             "picture joins up when its ends meet.")],
             outputs=[io.Image.Output(
                 display_name="image",
                 tooltip="The decoded images: connect them to Preview Image or Save Image.")])
 
     @classmethod
-    def execute(cls, vqgan, tokens, tile_size, tile_margin) -> io.NodeOutput:
+    def execute(cls, vqgan, tokens, tile_size, tile_margin, wrap_360=False) -> io.NodeOutput:
         model = comfy_glue.load_for_use(vqgan)
         tokens.require(fingerprint(KIND, model.quantize.embedding.weight), "VQGAN Decode")
         height, width = tokens.pixel_size
+        wrap = wrap_margin(width, model.factor, PANORAMA_MARGIN_PX) if wrap_360 else 0
         check_output_fits(tokens.batch, height, width, comfy_glue.free_output_memory(), "VQGAN Decode")
-        check_fits(model.config, tokens.batch, height, width, comfy_glue.free_memory(), tile_size, tile_margin)
+        check_fits(model.config, tokens.batch, height, width + 2 * wrap, comfy_glue.free_memory(), tile_size,
+                   tile_margin)
         device = comfy_glue.compute_device()
         x_bchw = decode_tiled(model, tokens.indices.to(device), tile_size, tile_margin,
-                              progress=comfy_glue.progress_reporter(1), out_device=comfy_glue.output_device())
+                              progress=comfy_glue.progress_reporter(1), out_device=comfy_glue.output_device(),
+                              wrap_px=wrap)
         return io.NodeOutput(model_to_image(x_bchw))
 
 
