@@ -217,6 +217,9 @@ def main(argv=None) -> dict:
     p.add_argument("--edge-temperature", default="1",
                    help="comma-separated edge temperatures (× the temperature, at tokens along a finished "
                         "neighbour), each measured for every model and guidance scale (1 = off)")
+    p.add_argument("--cuts", default="none",
+                   help="comma-separated tail cuts of the token draw, each measured for every model and setting "
+                        "above: none, top_p:P or min_p:P (the sampler's top_p / min_p, beside top-k)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed of canvases, wrap canvases and outpainting")
     p.add_argument("--timing-only", action="store_true", help="only the interleaved seconds per patch")
     args = p.parse_args(argv)
@@ -236,9 +239,13 @@ def main(argv=None) -> dict:
     models = {name: checkpoint.load_infinity(path).eval() for name, path in models.items()}
     scales = [float(g) for g in args.neighbour_guidance.split(",")]
     edges = [float(e) for e in args.edge_temperature.split(",")]
-    variants = {name + ("" if scales == [1.0] else f"@g{g:g}") + ("" if edges == [1.0] else f"@e{e:g}"):
-                (model, {"neighbour_guidance": g, "edge_temperature": e})
-                for name, model in models.items() for g in scales for e in edges}
+    cuts = {"none": {}} | {item: {item.split(":")[0]: float(item.split(":")[1])}
+                          for item in args.cuts.split(",") if item != "none"}
+    variants = {name + ("" if scales == [1.0] else f"@g{g:g}") + ("" if edges == [1.0] else f"@e{e:g}")
+                + ("" if cut == "none" else "@" + cut.replace(":", "")):
+                (model, {"neighbour_guidance": g, "edge_temperature": e, **cuts[cut]})
+                for name, model in models.items() for g in scales for e in edges
+                for cut in args.cuts.split(",")}
     if args.timing_only:
         result = {"config": {"threads": args.threads, "timing_rounds": args.timing_rounds, **SAMPLING},
                   "seconds_per_patch_interleaved": interleaved_seconds_per_patch(variants, args.timing_rounds)}
@@ -273,7 +280,8 @@ def main(argv=None) -> dict:
                          **SAMPLING,
                          "max_crops": args.max_crops,
                          "threads": args.threads, "patch_px": patch_px,
-                         "neighbour_guidance": scales, "edge_temperature": edges, "first_seed": args.first_seed},
+                         "neighbour_guidance": scales, "edge_temperature": edges, "cuts": args.cuts,
+                         "first_seed": args.first_seed},
               "reference": {
                   "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
                   "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),

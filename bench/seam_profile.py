@@ -19,9 +19,10 @@ ratio. This benchmark takes it apart, for canvases made with the Generate Canvas
   cross-entropy of the actual tokens, at each patch's first token column (left neighbour known) and
   inside patches. A model that is less sure at the first column than inside draws more varied
   tokens there, which shows as a step even when its argmax continues the neighbour;
-* **frame codes**: the share of each model's tokens that are codes the tokenizer puts at a plainly
-  encoded picture's left and right ends (``frame_codes``), beside their share inside held-out maps:
-  a model trained on maps with such end columns draws bits of picture border inside its canvases.
+* **frame codes**: the share of each model's tokens that are the tokenizer's border codes
+  (``frame_codes``: what a plain encode puts at a panorama's ends and a 360° encode does not),
+  beside their share inside held-out maps. Maps encoded plainly have them at their ends, where
+  training crops and rolled 360° canvases put them inside a canvas.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from train_infinity_world import BENCH_SEED, world_picture  # noqa: E402
 checkpoint = pack_module("nodes.infinity.checkpoint")
 sampler = pack_module("nodes.infinity.sampler")
 training = pack_module("nodes.infinity.training")
+tiling = pack_module("nodes.vq.tiling")
 vq_loader = pack_module("nodes.vq.loader")
 
 COLS, ROWS = 8, 2
@@ -80,23 +82,26 @@ def token_row_ratios(images: list[torch.Tensor], patch_px: int, token_px: int) -
     return [round(float(v), 3) for v in at / other]
 
 
-def frame_codes(maps_hw: list[torch.Tensor], vocab: int, ratio: float = 5.0) -> torch.Tensor:
-    """``[vocab]`` bool: the codes a plain encode puts at a picture's left and right ends (its first token
-    column and last three) at least ``ratio``× as often as inside, and on at least 0.2 % of end tokens.
-
-    The tokenizer draws the picture's border there. A model trained on crops that hold such columns
-    learns to draw them anywhere (``tiling.encode_tiled``'s ``wrap_px``), so their share in a model's
-    canvases, against the share inside real maps, says how much border it draws inside pictures."""
-    tokens_nhw = torch.stack(maps_hw)
-    def shares(part):
-        return torch.bincount(part.flatten(), minlength=vocab).float() / part.numel()
-    inside, ends = shares(tokens_nhw[..., 16:-16]), shares(tokens_nhw[..., [0, -3, -2, -1]])
-    return (ends >= ratio * inside) & (ends >= 0.002)
+END_COLUMNS = [0, -3, -2, -1]          # where a plain encode draws a picture's left and right border
 
 
-def frame_code_share(maps_hw: list[torch.Tensor], codes_v: torch.Tensor, inside_only: bool = False) -> float:
-    tokens = torch.stack(maps_hw)
-    tokens = tokens[..., 16:-16] if inside_only else tokens
+def frame_codes(plain_maps: list[torch.Tensor], round_maps: list[torch.Tensor], vocab: int,
+                ratio: float = 5.0, floor: float = 0.005) -> torch.Tensor:
+    """``[vocab]`` bool: the codes a plain encode puts at a panorama's ends (``END_COLUMNS``) at least
+    ``ratio``× as often as the same pictures encoded round (``tiling.encode_tiled``'s ``wrap_px``) have
+    them there, and on at least ``floor`` of the end tokens: the tokenizer's border codes, told apart
+    from the pictures' own content by comparing the same places of the same pictures."""
+    def shares(maps):
+        ends = torch.stack(maps)[..., END_COLUMNS]
+        return torch.bincount(ends.flatten(), minlength=vocab).float() / ends.numel()
+    plain, round_ = shares(plain_maps), shares(round_maps)
+    return (plain >= ratio * round_) & (plain >= floor)
+
+
+def frame_code_share(maps: list[torch.Tensor], codes_v: torch.Tensor, columns=None) -> float:
+    """Share of the tokens of ``maps`` (or of their ``columns``) that are among ``codes_v``."""
+    tokens = torch.stack(maps)
+    tokens = tokens if columns is None else tokens[..., columns]
     return round(float(codes_v[tokens].float().mean()), 4)
 
 
@@ -139,10 +144,16 @@ def main(argv=None) -> dict:
                          "top_k": args.top_k, "neighbour_guidance": args.neighbour_guidance,
                          "edge_temperature": args.edge_temperature,
                          "world_pictures": args.world_pictures}}
-    vocab = tok.vqgan.quantize.embedding.weight.shape[0]
-    border_v = frame_codes(real_maps, vocab)
+    with torch.no_grad():
+        round_maps = [tiling.encode_tiled(tok.vqgan, to_tensor(world_picture(seed, 2048, HEIGHT)).permute(2, 0, 1)[None]
+                                          * 2 - 1, wrap_px=tiling.PANORAMA_MARGIN_PX)[0]
+                      for seed in range(BENCH_SEED, BENCH_SEED + args.world_pictures)]
+    border_v = frame_codes(real_maps, round_maps, tok.vqgan.quantize.embedding.weight.shape[0])
+    inside = list(range(16, real_maps[0].shape[-1] - 16))
     result["frame_codes"] = {"codes": int(border_v.sum()),
-                             "share_inside_held_out_maps": frame_code_share(real_maps, border_v, inside_only=True)}
+                             "share_at_the_ends_plain": frame_code_share(real_maps, border_v, END_COLUMNS),
+                             "share_at_the_ends_round": frame_code_share(round_maps, border_v, END_COLUMNS),
+                             "share_inside_held_out_maps": frame_code_share(round_maps, border_v, inside)}
     for name, path in (item.split("=", 1) for item in args.model):
         model = checkpoint.load_infinity(path).eval()
         patch_px, token_px = model.config.patch_w * tok.vqgan.factor, tok.vqgan.factor

@@ -77,17 +77,18 @@ def test_frechet_and_kernel_distances():
     assert abs(same) < 0.1 * far and far > 0
 
 
-def test_frame_codes_are_the_codes_pictures_put_at_their_ends_and_rarely_inside():
+def test_frame_codes_are_what_plain_ends_hold_and_the_same_ends_encoded_round_do_not():
     import seam_profile
     torch.manual_seed(0)
-    maps = [torch.randint(0, 8, (4, 64)) for _ in range(3)]     # codes 0..7 everywhere
-    for tokens in maps:
-        tokens[:, [0, -3, -2, -1]] = 9                            # the border code
-        tokens[0, 20] = 9                                         # and once inside
-        tokens[:, -1] = 10                                        # a code only at the very end
-    border_v = seam_profile.frame_codes(maps, vocab=12)
-    assert border_v.nonzero().flatten().tolist() == [9, 10]
+    round_maps = [torch.randint(0, 8, (4, 64)) for _ in range(3)]  # codes 0..7 everywhere
+    round_maps[0][:, -1] = 11                                      # a picture whose own content ends in code 11
+    plain_maps = [tokens.clone() for tokens in round_maps]
+    for tokens in plain_maps:
+        tokens[:, [0, -3, -2]] = 9                                 # the border, drawn by a plain encode
+    plain_maps[0][:, -1] = 10
+    border_v = seam_profile.frame_codes(plain_maps, round_maps, vocab=12)
+    assert border_v.nonzero().flatten().tolist() == [9, 10]         # not 11: the round encode has it too
     canvas = torch.randint(0, 8, (4, 64))
     canvas[:, 10:26] = 9                                          # a quarter of the canvas is border
     assert seam_profile.frame_code_share([canvas], border_v) == 0.25
-    assert seam_profile.frame_code_share(maps, border_v, inside_only=True) == round(3 / (3 * 4 * 32), 4)
+    assert seam_profile.frame_code_share(plain_maps, border_v, seam_profile.END_COLUMNS) == round(40 / 48, 4)

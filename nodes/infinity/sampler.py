@@ -60,8 +60,12 @@ def patch_seed(seed: int, pos: PatchPos) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def sample_token(logits_bv: torch.Tensor, draws: Draws, temperature: float, top_k: int) -> torch.Tensor:
-    """One token per batch row: greedy when temperature <= 0, else top-k / temperature sampling."""
+def sample_token(logits_bv: torch.Tensor, draws: Draws, temperature: float, top_k: int, top_p: float = 1.0,
+                 min_p: float = 0.0) -> torch.Tensor:
+    """One token per batch row: greedy when temperature <= 0, else sampled at ``temperature`` from the
+    codes that pass every cut: the ``top_k`` most likely (0 = all), the fewest most likely whose
+    probability reaches ``top_p`` (1 = all), and those at least ``min_p`` × the most likely one's
+    probability (0 = all). The most likely code always passes. All on the device, no host sync."""
     if temperature <= 0:
         return logits_bv.argmax(dim=-1)
     logits = logits_bv.float() / temperature
@@ -69,6 +73,13 @@ def sample_token(logits_bv: torch.Tensor, draws: Draws, temperature: float, top_
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(dim=-1)
+    if min_p > 0:
+        probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+    if top_p < 1:
+        sorted_bv, order_bv = probs.sort(dim=-1, descending=True)
+        before_bv = sorted_bv.cumsum(dim=-1) - sorted_bv             # mass of the more likely codes
+        drop_sorted_bv = before_bv >= top_p * probs.sum(dim=-1, keepdim=True)
+        probs = probs.masked_fill(torch.zeros_like(drop_sorted_bv).scatter(-1, order_bv, drop_sorted_bv), 0.0)
     return draws.categorical(probs)
 
 
@@ -204,12 +215,12 @@ def guided_text(guidance: Guidance, text_bld: Optional[torch.Tensor], empty_bld:
 
 
 def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order: int, text, batch: int,
-                  draws: Draws, temperatures: list[float], top_k: int, use_kv_cache: bool,
+                  draws: Draws, temperatures: list[float], cuts: tuple[int, float, float], use_kv_cache: bool,
                   on_token: Callable[[int], None],
                   static: Optional[tuple[StaticDecoder, GraphStep]] = None,
                   guidance: Guidance = Guidance()) -> tuple[torch.Tensor, PatchCache]:
-    """Sample one patch's tokens ``[B, T]`` (token i at ``temperatures[i]``) and return them with the
-    patch's cache.
+    """Sample one patch's tokens ``[B, T]`` (token i at ``temperatures[i]``, from the codes that pass
+    ``cuts`` = (top_k, top_p, min_p) of ``sample_token``) and return them with the patch's cache.
 
     With guidance ``batch`` is ``groups · B`` rows (text by ``guided_text``; the context's caches hold
     ``B`` rows, seen by the first ``guidance.context_rows(B)``): each token is drawn from
@@ -223,7 +234,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
     tokens = torch.empty(out_b, t, dtype=torch.int64, device=device)
 
     def pick(logits_nv: torch.Tensor, i: int) -> torch.Tensor:
-        return sample_token(guidance.mix(logits_nv), draws, temperatures[i], top_k)
+        return sample_token(guidance.mix(logits_nv), draws, temperatures[i], *cuts)
 
     def fed(tokens_b: torch.Tensor) -> torch.Tensor:
         return torch.cat([tokens_b] * groups) if groups > 1 else tokens_b
@@ -266,7 +277,8 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         progress_unit: str = "patch", preview: Optional[PreviewFn] = None, use_kv_cache: bool = True,
         max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE,
         decoder: str = "auto", guidance: float = 1.0, empty_text: Optional[torch.Tensor] = None,
-        neighbour_guidance: float = 1.0, edge_temperature: float = 1.0) -> RunStats:
+        neighbour_guidance: float = 1.0, edge_temperature: float = 1.0, top_p: float = 1.0,
+        min_p: float = 0.0) -> RunStats:
     """Advance ``state`` (in place) through the rest of its plan; return statistics.
 
     progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
@@ -288,11 +300,18 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     ``edge_temperature``: the temperature of the tokens along a finished neighbour is
     ``temperature × edge_temperature`` (``token_temperatures``); below 1 the patch edges are drawn
     more surely, which closes the steps at patch columns at no cost (1 = the same everywhere).
+
+    ``top_p`` / ``min_p``: cut the unlikely tail of each token's distribution (``sample_token``), besides
+    ``top_k``; 1 / 0 cut nothing.
     """
     if guidance < 0:
         raise BoundlessError(f"text guidance must be >= 0 (1 = off), got {guidance}")
     if neighbour_guidance < 0:
         raise BoundlessError(f"neighbour guidance must be >= 0 (1 = off), got {neighbour_guidance}")
+    if not 0 < top_p <= 1:
+        raise BoundlessError(f"top_p must lie in (0, 1] (1 = off), got {top_p}")
+    if not 0 <= min_p < 1:
+        raise BoundlessError(f"min_p must lie in [0, 1) (0 = off), got {min_p}")
     if edge_temperature < 0:
         raise BoundlessError(f"edge temperature must be >= 0 (1 = as inside the patch), got {edge_temperature}")
     if guidance != 1.0 and text is None:
@@ -346,7 +365,8 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                 static = (built, GraphStep(built))
             temperatures = token_temperatures(context, cfg.patch_h, cfg.patch_w, temperature, edge_temperature)
             tokens_bt, cache = _sample_patch(model, context, order, text_now, rows, patch_draws,
-                                             temperatures, top_k, use_kv_cache, on_token, static, guide)
+                                             temperatures, (top_k, top_p, min_p), use_kv_cache, on_token,
+                                             static, guide)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(tokens_bt.to(device), context, order, text_now)

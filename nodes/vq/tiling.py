@@ -142,9 +142,10 @@ def encode_tiled(model, x_bchw: torch.Tensor, tile_px: int = 0, margin_px: int =
     ``wrap_px`` > 0: the images are seamless 360° panoramas, encoded with that much of their own other
     end on either side (``wrap_margin``) and the margins' tokens dropped. Why: the encoder treats a
     picture's left and right borders as borders. Encoded plainly, a world panorama's first token
-    column and last three carry frame codes that are not what is there (on ``boundless_world_f16``
-    2–23 % of them match the same columns encoded inside a wider picture, against 92 % for inside
-    columns), and a model trained on such maps learns to draw stripes of frame codes anywhere.
+    column and last three carry border codes, not what is there (8 panoramas on
+    ``boundless_world_f16_m256``: 2–23 % of those tokens keep their code when encoded round, against
+    92 % of the inside ones). Training crops and rolled 360° canvases put such columns inside a
+    canvas, as if the picture had a border there.
     """
     f = model.factor
     wrap = wrap_margin(x_bchw.shape[-1], f, wrap_px)
