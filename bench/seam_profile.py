@@ -138,16 +138,16 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = Tokenizer(vq_loader.load_vqgan(args.vqgan).eval())
-    real_maps = [tok.encode(to_tensor(world_picture(seed, 2048, HEIGHT)))
-                 for seed in range(BENCH_SEED, BENCH_SEED + args.world_pictures)]
+    pictures = [to_tensor(world_picture(seed, 2048, HEIGHT))
+                for seed in range(BENCH_SEED, BENCH_SEED + args.world_pictures)]
+    real_maps = [tok.encode(picture) for picture in pictures]
     result = {"config": {"canvases": args.canvases, "first_seed": args.first_seed, "temperature": args.temperature,
                          "top_k": args.top_k, "neighbour_guidance": args.neighbour_guidance,
                          "edge_temperature": args.edge_temperature,
                          "world_pictures": args.world_pictures}}
     with torch.no_grad():
-        round_maps = [tiling.encode_tiled(tok.vqgan, to_tensor(world_picture(seed, 2048, HEIGHT)).permute(2, 0, 1)[None]
-                                          * 2 - 1, wrap_px=tiling.PANORAMA_MARGIN_PX)[0]
-                      for seed in range(BENCH_SEED, BENCH_SEED + args.world_pictures)]
+        round_maps = [tiling.encode_tiled(tok.vqgan, picture.permute(2, 0, 1)[None] * 2 - 1,
+                                          wrap_px=tiling.PANORAMA_MARGIN_PX)[0] for picture in pictures]
     border_v = frame_codes(real_maps, round_maps, tok.vqgan.quantize.embedding.weight.shape[0])
     inside = list(range(16, real_maps[0].shape[-1] - 16))
     result["frame_codes"] = {"codes": int(border_v.sum()),
