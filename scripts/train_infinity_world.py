@@ -41,7 +41,8 @@ CACHE = ROOT / "output" / "cache"
 VALIDATION_SEED, VALIDATION_COUNT = 100_000, 16
 BENCH_SEED = 200_000
 TRAIN_SIZE, VALIDATION_SIZE = (2048, 512), (1024, 512)
-WRAP_MARGIN_PX = 128        # tiling.PANORAMA_MARGIN_PX; part of the token caches' names
+tiling = pack_module("nodes.vq.tiling")
+WRAP_MARGIN_PX = tiling.PANORAMA_MARGIN_PX        # part of the token caches' names
 DEFAULTS = ["--dim", "128", "--depth", "4", "--heads", "4", "--patch", "16", "16", "--extents", "1", "1", "0",
             "--canvas", "2", "2", "--batch", "2", "--lr", "3e-4", "--steps", "1000000", "--minutes", "60",
             "--save-every", "200", "--threads", "1", "--rope-base", "100"]
@@ -72,7 +73,7 @@ def encode_panorama(vqgan, picture_bchw: torch.Tensor) -> torch.Tensor:
     """Token maps of world panoramas, which are seamless 360°: encoded round (``tiling.encode_tiled``'s
     ``wrap_px``), so no frame codes sit at their left and right ends, where crops and rolled wrap
     canvases would put them in the middle of a training canvas."""
-    return pack_module("nodes.vq.tiling").encode_tiled(vqgan, picture_bchw, wrap_px=WRAP_MARGIN_PX)
+    return tiling.encode_tiled(vqgan, picture_bchw, wrap_px=WRAP_MARGIN_PX)
 
 
 def tokens_only(path: pathlib.Path) -> pathlib.Path:

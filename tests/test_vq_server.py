@@ -1,14 +1,17 @@
 """VQGAN nodes through the real server: round-trip quality, size policy, and bad input."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfy_server import PromptError
 from conftest import WORKFLOW_INPUTS, WORKFLOWS
+from train_infinity_world import world_picture
 from vq_tiny import CORRUPT_NAME, TINY_NAME, WRONG_KIND_NAME
 
 pytestmark = pytest.mark.server
@@ -76,10 +79,6 @@ def test_odd_sizes_follow_the_policy(comfy, policy, size):
 def test_a_360_panorama_round_trips_with_its_ends_joined(comfy):
     """wrap_360 on Encode and Decode: the decoded panorama's last column continues into its first
     (plainly the decoder draws a border at both ends, which steps far more than a token boundary)."""
-    import io
-
-    import torch
-    from train_infinity_world import world_picture
     buffer = io.BytesIO()
     Image.fromarray(world_picture(1, 1024, 256)).save(buffer, format="PNG")
     comfy.upload_image(buffer.getvalue(), "world_360.png")

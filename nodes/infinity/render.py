@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..common.errors import BoundlessError
 from ..common.images import model_to_image
 from ..common.progress import Progress, no_progress
+from ..vq.tiling import pad_round
 from .geometry import UNKNOWN, PatchPos
 from .state import CanvasState
 
@@ -33,8 +34,8 @@ def decode_state(vqgan, state: CanvasState, frame: int = 0, wrap_pad_patches: in
                  decode=None, progress: Progress = no_progress) -> torch.Tensor:
     """Decode one frame to IMAGE ``[B, H, W, 3]``; patches not generated yet come out grey.
 
-    For a 360° canvas (``state.wrap``) the token map is padded circularly by ``wrap_pad_patches``
-    patch widths on each side before decoding and cropped afterwards, so the VQGAN sees the seam's
+    For a 360° canvas (``state.wrap``) the token map is padded circularly (``tiling.pad_round``) by
+    ``wrap_pad_patches`` patch widths on each side before decoding and cropped afterwards, so the VQGAN sees the seam's
     real neighbours and the left and right edges join without a visible line.
     ``decode``: optional ``indices -> pixels`` function (e.g. a tiled decoder); default one pass.
     """
@@ -44,7 +45,7 @@ def decode_state(vqgan, state: CanvasState, frame: int = 0, wrap_pad_patches: in
     tokens_bhw = tokens_bhw.clamp(min=0)
     pad = wrap_pad_patches * state.patch_w if state.wrap else 0
     if pad:
-        tokens_bhw = torch.cat([tokens_bhw[..., -pad:], tokens_bhw, tokens_bhw[..., :pad]], dim=-1)
+        tokens_bhw = pad_round(tokens_bhw, pad)
     device = next(iter(vqgan.parameters())).device if hasattr(vqgan, "parameters") else torch.device("cpu")
     with torch.no_grad():
         pixels_bchw = decode(tokens_bhw.to(device)).float().cpu()

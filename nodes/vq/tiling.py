@@ -126,7 +126,7 @@ def wrap_margin(width_px: int, factor: int, wrap_px: int) -> int:
     return min(wrap_px, width_px) // factor * factor
 
 
-def _pad_round(x: torch.Tensor, margin: int) -> torch.Tensor:
+def pad_round(x: torch.Tensor, margin: int) -> torch.Tensor:
     """``x`` with ``margin`` of its own other end on either side of its last dimension."""
     return torch.cat([x[..., -margin:], x, x[..., :margin]], dim=-1)
 
@@ -151,7 +151,7 @@ def encode_tiled(model, x_bchw: torch.Tensor, tile_px: int = 0, margin_px: int =
     wrap = wrap_margin(x_bchw.shape[-1], f, wrap_px)
     if wrap:
         skip = wrap // f
-        padded = encode_tiled(model, _pad_round(x_bchw, wrap), tile_px, margin_px, progress, stability)
+        padded = encode_tiled(model, pad_round(x_bchw, wrap), tile_px, margin_px, progress, stability)
         return padded[..., skip:padded.shape[-1] - skip]
     b, _, h, w = x_bchw.shape
     if stability < 0:
@@ -194,7 +194,7 @@ def decode_tiled(model, indices_bhw: torch.Tensor, tile_px: int = 0, margin_px: 
     f = model.factor
     wrap = wrap_margin(indices_bhw.shape[-1] * f, f, wrap_px)
     if wrap:
-        padded = decode_tiled(model, _pad_round(indices_bhw, wrap // f), tile_px, margin_px, progress, out_device)
+        padded = decode_tiled(model, pad_round(indices_bhw, wrap // f), tile_px, margin_px, progress, out_device)
         return padded[..., wrap:padded.shape[-1] - wrap]
     b, gh, gw = indices_bhw.shape
     if tile_px <= 0 or (tile_px >= gh * f and tile_px >= gw * f):
