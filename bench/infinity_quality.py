@@ -13,7 +13,9 @@ For each model given (``--model NAME=PATH``, default the shipped panorama demo m
   other token boundaries.
 * **Outpainting** of the held-out right quarter of the demo's pictures (``train_infinity_demo.HELD_OUT``;
   both sky panoramas at both training sizes, each also mirrored so that it is outpainted to the left):
-  4 patch columns of context, 2 patch columns continued, ``--seeds`` seeds each. PSNR over the
+  4 patch columns of context, encoded alone as a user's picture is (seeing ``--context-mirror`` px of its
+  mirror image past the cut, as the outpainting workflows' VQGAN Encode does; 0 = plainly), 2 patch
+  columns continued, ``--seeds`` seeds each. PSNR over the
   continuation and over its first patch column, mean-colour error, FED/KID of the continuations
   against the truth, and the step at the context/continuation column ÷ the mean step at the other
   token boundaries.
@@ -62,6 +64,7 @@ sampler = pack_module("nodes.infinity.sampler")
 state_mod = pack_module("nodes.infinity.state")
 config_mod = pack_module("nodes.infinity.config")
 vq_loader = pack_module("nodes.vq.loader")
+tiling = pack_module("nodes.vq.tiling")
 
 HEIGHT = 512            # two 256-px patch rows
 CONTEXT_COLS, CONTINUE_COLS = 4, 2
@@ -95,16 +98,23 @@ class Tokenizer:
         self.vqgan = vqgan
 
     @torch.no_grad()
-    def encode(self, image_hw3: torch.Tensor) -> torch.Tensor:
-        return self.vqgan.encode_indices(image_hw3.permute(2, 0, 1)[None] * 2 - 1)[0]
+    def encode(self, image_hw3: torch.Tensor, mirror_px: int = 0, mirror_sides=()) -> torch.Tensor:
+        """Tokens ``[h, w]``; with ``mirror_px``, seeing the picture's mirror image past ``mirror_sides``
+        (VQGAN Encode's ``outpaint_sides``)."""
+        return tiling.encode_tiled(self.vqgan, image_hw3.permute(2, 0, 1)[None] * 2 - 1, mirror_px=mirror_px,
+                                   mirror_sides=mirror_sides)[0]
 
     @torch.no_grad()
     def decode(self, tokens_hw: torch.Tensor) -> torch.Tensor:
         return ((self.vqgan.decode_indices(tokens_hw[None]).clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0)
 
 
-def outpaint_cases(tok: Tokenizer, patch_px: int, real: list[tuple[str, Image.Image, int]]) -> list[dict]:
-    """Context pixels/tokens and the true continuation, for both directions, at each picture's split."""
+def outpaint_cases(tok: Tokenizer, patch_px: int, real: list[tuple[str, Image.Image, int]],
+                   mirror_px: int = 0) -> list[dict]:
+    """Context pixels/tokens and the true continuation, for both directions, at each picture's split.
+
+    The context is encoded alone, as a user's picture is, seeing ``mirror_px`` of its mirror image past
+    the side it is continued on (0: plainly, so its tokens at the cut are border codes)."""
     cases = []
     ctx_px, cont_px = CONTEXT_COLS * patch_px, CONTINUE_COLS * patch_px
     for name, image, split in real:
@@ -117,8 +127,10 @@ def outpaint_cases(tok: Tokenizer, patch_px: int, real: list[tuple[str, Image.Im
             else:
                 edge = image.width - split
                 context, truth = picture[:, edge:edge + ctx_px], picture[:, edge - cont_px:edge]
-            cases.append({"name": name + ("_mirror" if mirrored else ""), "direction": "left" if mirrored else "right",
-                          "context": context, "truth": truth, "context_tokens": tok.encode(context)})
+            direction = "left" if mirrored else "right"
+            cases.append({"name": name + ("_mirror" if mirrored else ""), "direction": direction,
+                          "context": context, "truth": truth,
+                          "context_tokens": tok.encode(context, mirror_px, (direction,))})
     return cases
 
 
@@ -220,6 +232,9 @@ def main(argv=None) -> dict:
     p.add_argument("--cuts", default="none",
                    help="comma-separated tail cuts of the token draw, each measured for every model and setting "
                         "above: none, top_p:P or min_p:P (the sampler's top_p / min_p, beside top-k)")
+    p.add_argument("--context-mirror", type=int, default=tiling.OUTPAINT_MARGIN_PX,
+                   help="outpainting: px of mirror image the tokenizer sees past the context's cut (VQGAN Encode's "
+                        "outpaint_sides, as the outpainting workflows set it); 0 = encode the context plainly")
     p.add_argument("--first-seed", type=int, default=0, help="first seed of canvases, wrap canvases and outpainting")
     p.add_argument("--timing-only", action="store_true", help="only the interleaved seconds per patch")
     args = p.parse_args(argv)
@@ -281,7 +296,7 @@ def main(argv=None) -> dict:
                          "max_crops": args.max_crops,
                          "threads": args.threads, "patch_px": patch_px,
                          "neighbour_guidance": scales, "edge_temperature": edges, "cuts": args.cuts,
-                         "first_seed": args.first_seed},
+                         "first_seed": args.first_seed, "context_mirror_px": args.context_mirror},
               "reference": {
                   "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
                   "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),
@@ -307,7 +322,7 @@ def main(argv=None) -> dict:
     result["seconds_per_patch_interleaved"] = interleaved_seconds_per_patch(variants, args.timing_rounds)
 
     # -- outpainting baselines -------------------------------------------------------------------------
-    cases = outpaint_cases(tok, patch_px, real)
+    cases = outpaint_cases(tok, patch_px, real, args.context_mirror)
     truth_feat = features([c for case in cases for c in metrics.crops(case["truth"])])
     outpaint = {}
     for kind in ("mirror", "repeat", "tile", "truth_round_trip"):

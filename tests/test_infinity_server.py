@@ -97,6 +97,25 @@ def test_edge_temperature_reaches_the_sampler(comfy):
     assert not torch.equal(pixels(comfy, comfy.run(greedy_edges)), pixels(comfy, comfy.run(plain)))
 
 
+def test_tail_cuts_reach_the_sampler(comfy):
+    """Every sampling node offers top_p (off at 1) and min_p (off at 0). top_p 0.01 keeps only the most
+    likely token, so it draws the greedy canvas (temperature 0); min_p 0.99 cuts the test model's
+    nearly flat distributions to a few codes, so it draws another canvas than the plain one."""
+    info = comfy.object_info()
+    for node in ("BoundlessInfinityGenerateCanvas", "BoundlessInfinityOutpaintStep", "BoundlessInfinityResume",
+                 "BoundlessInfinityStreamCanvas"):
+        optional = info[node]["input"]["optional"]
+        assert (optional["top_p"][1]["default"], optional["min_p"][1]["default"]) == (1.0, 0.0), node
+    plain, greedy, nucleus, floor = (image_graph(3, 2, seed=7) for _ in range(4))
+    greedy["g"]["inputs"]["temperature"] = 0.0
+    nucleus["g"]["inputs"]["top_p"] = 0.01
+    floor["g"]["inputs"]["min_p"] = 0.99
+    plain = pixels(comfy, comfy.run(plain))
+    assert torch.equal(pixels(comfy, comfy.run(nucleus)), pixels(comfy, comfy.run(greedy)))
+    assert not torch.equal(pixels(comfy, comfy.run(floor)), plain)
+    assert not torch.equal(pixels(comfy, comfy.run(nucleus)), plain)
+
+
 def test_outpaint_keeps_the_given_patches_and_places_them(comfy):
     """Encode an image, outpaint left by 2 patches: the original tokens sit at column 2 onwards."""
     graph = {**loaders(),

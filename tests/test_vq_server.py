@@ -12,13 +12,19 @@ from PIL import Image
 from comfy_server import PromptError
 from conftest import WORKFLOW_INPUTS, WORKFLOWS
 from train_infinity_world import world_picture
+from packpath import ROOT, pack_module
 from vq_tiny import CORRUPT_NAME, TINY_NAME, WRONG_KIND_NAME
+
+tiling = pack_module("nodes.vq.tiling")
+vq_loader = pack_module("nodes.vq.loader")
+VQGAN_DIR = ROOT / "models" / "vqgan"
 
 pytestmark = pytest.mark.server
 DEMO = "boundless_demo_f16.safetensors"
 
 
-def roundtrip_graph(vqgan: str, image_node: dict, policy: str = "pad", tile: int = 0, wrap_360: bool = False) -> dict:
+def roundtrip_graph(vqgan: str, image_node: dict, policy: str = "pad", tile: int = 0, wrap_360: bool = False,
+                    outpaint_sides: str = "none") -> dict:
     graph = {
         "1": image_node,
         "2": {"class_type": "BoundlessVQGANLoader", "inputs": {"vqgan_name": vqgan}},
@@ -31,6 +37,7 @@ def roundtrip_graph(vqgan: str, image_node: dict, policy: str = "pad", tile: int
     }
     if wrap_360:
         graph["3"]["inputs"]["wrap_360"] = graph["4"]["inputs"]["wrap_360"] = True
+    graph["3"]["inputs"]["outpaint_sides"] = outpaint_sides
     return graph
 
 
@@ -93,6 +100,31 @@ def test_a_360_panorama_round_trips_with_its_ends_joined(comfy):
     assert round_ < 2 and plain > 5, ratios
 
 
+def test_a_picture_to_outpaint_is_encoded_with_its_mirror_image_past_that_edge(comfy):
+    """outpaint_sides 'right' is tiling's mirrored encode of that edge: the decoded picture is the
+    in-process decode of those tokens, and differs from a plain encode most near the right edge (the
+    encoder's attention and GroupNorms see the whole picture, so the rest moves a little too)."""
+    picture = world_picture(2, 1024, 256)[:, :512]
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    comfy.upload_image(buffer.getvalue(), "world_left_half.png")
+    decoded = {}
+    for sides in ("none", "right"):
+        out = comfy.images(comfy.run(roundtrip_graph("boundless_world_f16_m256.safetensors",
+                                                     load("world_left_half.png"), outpaint_sides=sides)), 5)[0]
+        decoded[sides] = np.asarray(out.convert("RGB"), dtype=np.float32)
+    vqgan = vq_loader.load_vqgan(str(VQGAN_DIR / "boundless_world_f16_m256.safetensors")).eval()
+    x = torch.from_numpy(picture).float().div(127.5).sub(1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        tokens = tiling.encode_tiled(vqgan, x, mirror_px=tiling.OUTPAINT_MARGIN_PX, mirror_sides=("right",))
+        expected = (vqgan.decode_indices(tokens).clamp(-1, 1)[0].permute(1, 2, 0) + 1) * 127.5
+    gap = np.abs(decoded["right"] - np.floor(expected.numpy()))         # PreviewImage truncates to uint8
+    assert gap.mean() < 0.05 and gap.max() <= 8, (gap.mean(), np.quantile(gap, 0.999), gap.max())
+    change = np.abs(decoded["right"] - decoded["none"]).mean(axis=(0, 2))
+    # measured 6.7 and 3.6
+    assert change[-32:].mean() > 1.5 * change[:256].mean(), (change[-32:].mean(), change[:256].mean())
+
+
 def test_bad_input_gives_clear_errors_and_server_keeps_serving(comfy):
     cases = [
         (roundtrip_graph(CORRUPT_NAME, empty(64, 64)), "not a readable .safetensors"),
@@ -100,6 +132,8 @@ def test_bad_input_gives_clear_errors_and_server_keeps_serving(comfy):
         (roundtrip_graph(TINY_NAME, empty(100, 40), "error"), "not a multiple of the tokenizer's factor"),
         (roundtrip_graph(TINY_NAME, empty(8192, 8192)), "set tile_size"),
         (roundtrip_graph(TINY_NAME, empty(100, 32), wrap_360=True), "360° panorama must be a multiple of 16 px wide"),
+        (roundtrip_graph(TINY_NAME, empty(64, 32), wrap_360=True, outpaint_sides="left+right"),
+         "no left or right edge to outpaint"),
     ]
     for graph, message in cases:
         with pytest.raises(PromptError, match=message):

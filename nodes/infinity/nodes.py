@@ -66,7 +66,20 @@ def _sampling_inputs():
 
 
 def _guidance_inputs():
-    return [_text_guidance_input(), _neighbour_guidance_input(), _edge_temperature_input()]
+    return [_text_guidance_input(), _neighbour_guidance_input(), _edge_temperature_input(), *_tail_inputs()]
+
+
+def _tail_inputs():
+    return [io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01, optional=True,
+                           tooltip="Besides top_k: sample among the most likely tokens that together hold this share "
+                                   "of the probability (1 = off). On the demo world panorama model 0.95 closes the "
+                                   "seams between patch columns a little further and outpaints closer to the truth, "
+                                   "but steps more where an outpainting joins its context (BENCHMARKS.md 'Cutting "
+                                   "the sampling tail')."),
+            io.Float.Input("min_p", default=0.0, min=0.0, max=0.99, step=0.01, optional=True,
+                           tooltip="Besides top_k: drop the tokens less likely than this times the most likely "
+                                   "one (0 = off). Small values (0.03) remove the demo tokenizer's stray dots; from "
+                                   "about 0.1 canvases turn bland (BENCHMARKS.md 'Cutting the sampling tail').")]
 
 
 def _edge_temperature_input():
@@ -109,7 +122,7 @@ def _text_input():
 
 def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None,
                  draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0,
-                 edge_temperature=EDGE_TEMPERATURE) -> CanvasState:
+                 edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> CanvasState:
     """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
 
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
@@ -131,7 +144,7 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=condition, progress_unit="token",
             progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget,
             draws=draws, guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance,
-            edge_temperature=edge_temperature)
+            edge_temperature=edge_temperature, top_p=top_p, min_p=min_p)
     except mm.InterruptProcessingException:
         path = _save_path("interrupted")
         state.save(path)
@@ -271,11 +284,11 @@ class InfinityGenerateCanvas(io.ComfyNode):
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
                 temperature, top_k, preview_vqgan=None, text=None, draws=MODEL_DEVICE,
                 text_guidance=1.0, neighbour_guidance=1.0,
-                edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
+                edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> io.NodeOutput:
         state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
                                       Extents(e_w, e_h, e_f), wrap), order)
         return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance, neighbour_guidance, edge_temperature))
+                                          text_guidance, neighbour_guidance, edge_temperature, top_p, min_p))
 
 
 class InfinityOutpaintStep(io.ComfyNode):
@@ -304,7 +317,7 @@ class InfinityOutpaintStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
                 preview_vqgan=None, text=None, draws=MODEL_DEVICE, text_guidance=1.0,
-                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
+                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "next frames" and state.extents.f < 1:
             raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
@@ -314,7 +327,7 @@ class InfinityOutpaintStep(io.ComfyNode):
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
         return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance, neighbour_guidance, edge_temperature))
+                                          text_guidance, neighbour_guidance, edge_temperature, top_p, min_p))
 
 
 class InfinityResume(io.ComfyNode):
@@ -335,14 +348,15 @@ class InfinityResume(io.ComfyNode):
     @classmethod
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
                 text=None, draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0,
-                edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
+                edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> io.NodeOutput:
         state.require_model(model.model)
         if state.step >= len(state.plan.flat):
             raise BoundlessError("Infinity Resume: this state has nothing left to generate (its plan is finished, or "
                                  "it never had one, like a blank NCP State). Use Infinity Outpaint Step ('fill' "
                                  "generates a state's unknown patches) or Generate Canvas instead")
         return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text,
-                                          draws, text_guidance, neighbour_guidance, edge_temperature))
+                                          draws, text_guidance, neighbour_guidance, edge_temperature, top_p,
+                                          min_p))
 
 
 class NCPStateToTokens(io.ComfyNode):
@@ -539,7 +553,7 @@ class InfinityStreamCanvas(io.ComfyNode):
     @classmethod
     def execute(cls, model, vqgan, width_patches, height_patches, e_w, e_h, e_f, seed, temperature, top_k,
                 filename_prefix, text=None, draws=MODEL_DEVICE, text_guidance=1.0,
-                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE) -> io.NodeOutput:
+                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> io.NodeOutput:
         net, tokenizer = comfy_glue.load_together(model, vqgan)
         condition = text_condition(net, text)
         empty = guidance_text(net, text, text_guidance)
@@ -552,7 +566,7 @@ class InfinityStreamCanvas(io.ComfyNode):
                                temperature=temperature, top_k=top_k, extents=Extents(e_w, e_h, e_f), text=condition,
                                progress=comfy_glue.progress_reporter(width_patches * height_patches), draws=draws,
                                guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance,
-                               edge_temperature=edge_temperature)
+                               edge_temperature=edge_temperature, top_p=top_p, min_p=min_p)
         logging.info("[Boundless] wrote %dx%d px canvas to %s", result.width, result.height, path)
         return io.NodeOutput(result.state, result.preview.to(comfy_glue.output_device()),
                              ui={"text": [f"{os.path.join(subfolder, os.path.basename(path))} "

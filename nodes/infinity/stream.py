@@ -62,7 +62,7 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
                   progress: Progress = no_progress, preview_width: int = 2048,
                   text: TextCondition = None, draws: str = MODEL_DEVICE, guidance: float = 1.0,
                   empty_text: Optional[torch.Tensor] = None, neighbour_guidance: float = 1.0,
-                  edge_temperature: float = 1.0) -> StreamResult:
+                  edge_temperature: float = 1.0, top_p: float = 1.0, min_p: float = 0.0) -> StreamResult:
     """Generate a ``cols x rows``-patch canvas and write it to ``path`` (tiled TIFF) as it grows.
 
     The TIFF writer pulls tiles from a bounded queue in a worker thread while the sampler runs here;
@@ -134,7 +134,7 @@ def stream_canvas(model: InfinityTransformer, vqgan, path: str, cols: int, rows:
     try:
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=text, progress=on_patch,
             draws=draws, guidance=guidance, empty_text=empty_text, neighbour_guidance=neighbour_guidance,
-            edge_temperature=edge_temperature)
+            edge_temperature=edge_temperature, top_p=top_p, min_p=min_p)
         emit_ready()
     except BaseException:
         finish(thread)

@@ -10,8 +10,8 @@ from ..common.images import image_to_model, model_to_image
 from ..common.tokens import Tokens, fingerprint
 from .guided import load_guide
 from .loader import KIND, load_vqgan
-from .tiling import (PANORAMA_MARGIN_PX, SIZE_POLICIES, check_fits, check_output_fits, decode_tiled, encode_tiled,
-                     fit_to_factor, wrap_margin)
+from .tiling import (OUTPAINT_MARGIN_PX, PANORAMA_MARGIN_PX, SIZE_POLICIES, check_fits, check_output_fits,
+                     decode_tiled, encode_tiled, fit_to_factor, mirror_pads, wrap_margin)
 
 
 
@@ -47,6 +47,12 @@ class VQGANLoader(io.ComfyNode):
         return io.NodeOutput(comfy_glue.managed(model, comfy_glue.TOKENIZER))
 
 
+# VQGAN Encode's outpaint_sides: the names of Infinity Outpaint Step's directions.
+OUTPAINT_SIDES = {"none": (), "right": ("right",), "left": ("left",), "left+right": ("left", "right"),
+                  "up": ("up",), "down": ("down",), "up+down": ("up", "down"),
+                  "all sides": ("left", "right", "up", "down")}
+
+
 class VQGANEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -73,7 +79,15 @@ class VQGANEncode(io.ComfyNode):
                                      tooltip="The image is a seamless 360° panorama: encode it round, with "
                                              f"{PANORAMA_MARGIN_PX} px of its other end beside each end, so its "
                                              "first and last token columns are codes of what is there, not of "
-                                             "a picture border. Use it for panoramas you continue with wrap.")],
+                                             "a picture border. Use it for panoramas you continue with wrap."),
+                    io.Combo.Input("outpaint_sides", options=list(OUTPAINT_SIDES), default="none", optional=True,
+                                   tooltip="The sides you will extend with Infinity Outpaint Step. Past them the "
+                                           f"tokenizer sees {OUTPAINT_MARGIN_PX} px of the image's mirror image, so "
+                                           "the tokens along those edges are codes of picture content, not of a "
+                                           "picture border, which the continuation would keep as a dark bar at "
+                                           "the cut. Decode such tokens as part of the outpainted canvas: decoded "
+                                           "alone, without the border the decoder expects, the picture may shift "
+                                           "in colour. 'none' encodes exactly as the tokenizer's authors do.")],
             outputs=[sockets.Tokens.Output(
                 display_name="tokens",
                 tooltip="The images as VQGAN tokens (one per f x f pixels): connect them to NCP State from Tokens "
@@ -81,18 +95,28 @@ class VQGANEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vqgan, image, size_policy, tile_size, tile_margin, temporal_stability=0.0,
-                wrap_360=False) -> io.NodeOutput:
+                wrap_360=False, outpaint_sides="none") -> io.NodeOutput:
         model = comfy_glue.load_for_use(vqgan)
         batch, height, width, _ = image.shape
         wrap = wrap_margin(width, model.factor, PANORAMA_MARGIN_PX) if wrap_360 else 0
         if wrap_360 and width % model.factor:
             raise BoundlessError(f"VQGAN Encode: a 360° panorama must be a multiple of {model.factor} px wide "
                                  f"(this one is {width} px), or padding would break its seam; resize it")
-        check_fits(model.config, batch, height, width + 2 * wrap, comfy_glue.free_memory(), tile_size, tile_margin)
+        if outpaint_sides not in OUTPAINT_SIDES:
+            raise BoundlessError(f"VQGAN Encode: outpaint_sides must be one of {', '.join(OUTPAINT_SIDES)}, "
+                                 f"got {outpaint_sides!r}")
+        sides = OUTPAINT_SIDES[outpaint_sides]
+        if wrap_360 and {"left", "right"} & set(sides):
+            raise BoundlessError("VQGAN Encode: a 360° panorama has no left or right edge to outpaint (wrap_360 "
+                                 "joins its ends); set outpaint_sides to 'none', 'up', 'down' or 'up+down'")
+        left, right, top, bottom = mirror_pads(height, width, model.factor, OUTPAINT_MARGIN_PX, sides)
+        check_fits(model.config, batch, height + top + bottom, width + 2 * wrap + left + right,
+                   comfy_glue.free_memory(), tile_size, tile_margin)
         device = comfy_glue.compute_device()
         x_bchw = fit_to_factor(image_to_model(image), model.factor, size_policy).to(device)
         indices_bhw = encode_tiled(model, x_bchw, tile_size, tile_margin, progress=comfy_glue.progress_reporter(1),
-                                   stability=temporal_stability, wrap_px=wrap)
+                                   stability=temporal_stability, wrap_px=wrap, mirror_px=OUTPAINT_MARGIN_PX,
+                                   mirror_sides=sides)
         tokens = Tokens(scales=(indices_bhw.to(comfy_glue.output_device()),),
                         tokenizer=fingerprint(KIND, model.quantize.embedding.weight), factor=model.factor)
         return io.NodeOutput(tokens)

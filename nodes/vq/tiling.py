@@ -25,6 +25,8 @@ from .temporal import latents, quantize_stable
 SIZE_POLICIES = ("pad", "crop", "error")
 MAX_SIDE = 1 << 17          # 131072 px: larger canvases belong to the streaming writers
 PANORAMA_MARGIN_PX = 128    # how far round a 360° panorama the tokenizer sees at each end (frame codes reach ~48 px)
+OUTPAINT_MARGIN_PX = 64     # how far the tokenizer sees a mirror image past an edge that will be outpainted
+SIDES = ("left", "right", "up", "down")
 
 
 def fit_to_factor(x_bchw: torch.Tensor, factor: int, policy: str) -> torch.Tensor:
@@ -131,8 +133,23 @@ def pad_round(x: torch.Tensor, margin: int) -> torch.Tensor:
     return torch.cat([x[..., -margin:], x, x[..., :margin]], dim=-1)
 
 
+def mirror_pads(height_px: int, width_px: int, factor: int, mirror_px: int, sides) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) px of mirror image an encode adds past ``sides``: ``mirror_px``, at
+    most one pixel less than the picture (a reflection cannot reach further), in whole tokens."""
+    if mirror_px < 0:
+        raise BoundlessError(f"the mirrored margin must be >= 0 px (0 = none), got {mirror_px}")
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        raise BoundlessError(f"unknown side(s) {sorted(unknown)} to mirror; choose from {', '.join(SIDES)}")
+    across = min(mirror_px, width_px - 1) // factor * factor
+    along = min(mirror_px, height_px - 1) // factor * factor
+    return tuple(margin if side in sides else 0
+                 for side, margin in (("left", across), ("right", across), ("up", along), ("down", along)))
+
+
 def encode_tiled(model, x_bchw: torch.Tensor, tile_px: int = 0, margin_px: int = 64,
-                 progress: Progress = no_progress, stability: float = 0.0, wrap_px: int = 0) -> torch.Tensor:
+                 progress: Progress = no_progress, stability: float = 0.0, wrap_px: int = 0,
+                 mirror_px: int = 0, mirror_sides=()) -> torch.Tensor:
     """Image [B,3,H,W] (multiples of f) -> indices [B,h,w]; tile_px=0 means one exact pass.
 
     ``stability`` > 0 takes the batch as video frames in time order and quantizes them with
@@ -146,8 +163,21 @@ def encode_tiled(model, x_bchw: torch.Tensor, tile_px: int = 0, margin_px: int =
     ``boundless_world_f16_m256``: 2–23 % of those tokens keep their code when encoded round, against
     92 % of the inside ones). Training crops and rolled 360° canvases put such columns inside a
     canvas, as if the picture had a border there.
+
+    ``mirror_px`` > 0: past each of ``mirror_sides`` ("left", "right", "up", "down") the encoder sees
+    that much of the picture's mirror image (``mirror_pads``), and those tokens are dropped. For
+    pictures that will be outpainted there: encoded plainly, the edge's token lines are border codes,
+    which a continuation keeps as a dark bar at the cut; seeing a plausible continuation instead, the
+    encoder gives them codes of picture content (BENCHMARKS.md "Outpainting from a mirrored edge").
+    A 360° encode already joins the left and right ends, so it mirrors only up and down.
     """
     f = model.factor
+    if mirror_px and mirror_sides:
+        sides = [side for side in mirror_sides if not (wrap_px and side in ("left", "right"))]
+        left, right, top, bottom = mirror_pads(x_bchw.shape[-2], x_bchw.shape[-1], f, mirror_px, sides)
+        padded = F.pad(x_bchw, (left, right, top, bottom), mode="reflect") if left + right + top + bottom else x_bchw
+        tokens = encode_tiled(model, padded, tile_px, margin_px, progress, stability, wrap_px)
+        return tokens[..., top // f:tokens.shape[-2] - bottom // f, left // f:tokens.shape[-1] - right // f]
     wrap = wrap_margin(x_bchw.shape[-1], f, wrap_px)
     if wrap:
         skip = wrap // f
