@@ -21,7 +21,9 @@ For each model given (``--model NAME=PATH``, default the shipped panorama demo m
   token boundaries.
   Beside it, baselines built in token space and decoded by the same VQGAN: mirror the context's
   tokens about its edge, repeat its last token column, tile its last two patch columns; and the
-  round-trip of the truth (the ceiling).
+  round-trip of the truth (the ceiling: context and truth encoded as one picture and decoded; until
+  session 15 its context column came from the context encoded alone, so its junction carried the
+  border codes' step too).
 
 ``--material world`` measures on the demo world instead (``nodes/world``): ``--world-pictures``
 panoramas of seeds from ``train_infinity_world.BENCH_SEED`` on (2048×512, never trained on nor used
@@ -329,12 +331,15 @@ def main(argv=None) -> dict:
         rows, conts = [], []
         for case in cases:
             width = CONTINUE_COLS * pw
-            if kind == "truth_round_trip":
+            scored = case
+            if kind == "truth_round_trip":                 # context and truth encoded as one picture
                 whole = tok.encode(assemble(case["context"], case["truth"], case["direction"]))
-                cont_tokens = whole[:, -width:] if case["direction"] == "right" else whole[:, :width]
+                right = case["direction"] == "right"
+                cont_tokens = whole[:, -width:] if right else whole[:, :width]
+                scored = {**case, "context_tokens": whole[:, :-width] if right else whole[:, width:]}
             else:                                                               # from all the context
                 cont_tokens = token_baseline(kind, case["context_tokens"], width, pw, case["direction"])
-            row, cont = score_outpaint(tok, case, cont_tokens, patch_px)
+            row, cont = score_outpaint(tok, scored, cont_tokens, patch_px)
             rows.append(row)
             conts += metrics.crops(cont)
         outpaint[kind] = summarise(rows, feats(conts), truth_feat)

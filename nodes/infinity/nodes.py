@@ -228,7 +228,9 @@ class NCPStateFromTokens(io.ComfyNode):
                         "the Nearby Context Pool before anything new is generated next to them.",
             inputs=[InfinityModel.Input("model", tooltip="The Infinity model that will extend the image."),
                     sockets.Tokens.Input("tokens", tooltip="Tokens of the start image, from VQGAN Encode with the "
-                                                           "model's VQGAN. Its size must be whole patches."),
+                                                           "model's VQGAN (set its outpaint_sides to the sides you "
+                                                           "will extend, so no dark bar stays at the cut). Its "
+                                                           "size must be whole patches."),
                     *_extent_inputs(),
                     io.Boolean.Input("wrap", default=False,
                                      tooltip="Treat the canvas as a 360° loop. Encode such a panorama with VQGAN "
