@@ -74,12 +74,14 @@ def _tail_inputs():
                            tooltip="Besides top_k: sample among the most likely tokens that together hold this share "
                                    "of the probability (1 = off). On the demo world panorama model 0.95 closes the "
                                    "seams between patch columns a little further and outpaints closer to the truth, "
-                                   "but steps more where an outpainting joins its context (BENCHMARKS.md 'Cutting "
-                                   "the sampling tail')."),
+                                   "but steps more where an outpainting joins its context (BENCHMARKS.md 'Min-p at "
+                                   "full scale')."),
             io.Float.Input("min_p", default=0.0, min=0.0, max=0.99, step=0.01, optional=True,
                            tooltip="Besides top_k: drop the tokens less likely than this times the most likely "
-                                   "one (0 = off). Small values (0.03) remove the demo tokenizer's stray dots; from "
-                                   "about 0.1 canvases turn bland (BENCHMARKS.md 'Cutting the sampling tail').")]
+                                   "one (0 = off). On the demo world panorama model 0.03 halves the stray dots and "
+                                   "closes the column seams, but the canvases look less like real pictures and "
+                                   "outpaintings step where they join their context; from about 0.1 canvases turn "
+                                   "bland (BENCHMARKS.md 'Min-p at full scale').")]
 
 
 def _edge_temperature_input():
