@@ -56,7 +56,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> InfinityConfig:
                           frame_align="frame_align.weight" in shapes,
                           align_radius=(shapes["frame_align.weight"][-1] - 1) // 2
                           if len(shapes.get("frame_align.weight", ())) == 4 else 0,
-                          rope_base=int(state_dict["rope_base"]) if "rope_base" in shapes else 0)
+                          rope_base=int(state_dict["rope_base"]) if "rope_base" in shapes else 0,
+                          mirrored_scan=bool(state_dict["mirrored_scan"]) if "mirrored_scan" in shapes else False)
 
 
 def build_model(cfg: InfinityConfig, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
@@ -138,6 +139,19 @@ def add_frame_align(model: InfinityTransformer, radius: int = 0) -> InfinityTran
             reach = old_weight.shape[-1]
             grown.frame_align.weight[:, :, offset:offset + reach, offset:offset + reach] = old_weight
             grown.frame_align.bias.copy_(model.frame_align.bias)
+    grown.tokenizer, grown.factor, grown.text_encoder = model.tokenizer, model.factor, model.text_encoder
+    return grown
+
+
+def add_mirrored_scan(model: InfinityTransformer) -> InfinityTransformer:
+    """A copy of a raster-scan model that reads patches of order ``left`` / ``up`` mirrored
+    (``token_scan``). The weights are the same, but those orders now see their tokens in another
+    order, so the copy must be trained further before it draws them well; ``right`` / ``down``
+    compute exactly what they computed."""
+    if model.config.mirrored_scan:
+        raise BoundlessError("the model already reads its patches in mirrored scan")
+    grown = InfinityTransformer(dataclasses.replace(model.config, mirrored_scan=True)).to(model.pos_emb.dtype)
+    strict_load(grown, model.state_dict(), "switching to mirrored scan", ignore=("mirrored_scan",))
     grown.tokenizer, grown.factor, grown.text_encoder = model.tokenizer, model.factor, model.text_encoder
     return grown
 

@@ -68,6 +68,9 @@ class InfinityConfig:
     previous frame (a camera pan) is as near as content that stayed; 0 = the same position only.
     rope_base: token geometry (``rope``): queries and keys of own and context tokens are rotated by
     their canvas coordinates with this frequency base; 0 = off (models trained before it existed).
+    mirrored_scan: patches of order ``left`` / ``up`` are read in raster mirrored left–right /
+    top–bottom, so every row or column starts beside the finished neighbour (``token_scan``);
+    False = raster for every order (models trained before it existed).
     """
 
     n_embed: int = 16384
@@ -83,6 +86,7 @@ class InfinityConfig:
     frame_align: bool = False
     rope_base: int = 0
     align_radius: int = 0
+    mirrored_scan: bool = False
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -126,6 +130,8 @@ class InfinityConfig:
             del data["rope_base"]
         if not self.align_radius:
             del data["align_radius"]
+        if not self.mirrored_scan:
+            del data["mirrored_scan"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod

@@ -1,7 +1,9 @@
 """The local token decoder of NUWA-Infinity: causal within a patch, attending to the NCP in every layer.
 
 A patch of ``T = patch_h * patch_w`` tokens is one sequence of ``T + 1`` positions: a learned
-start vector followed by the patch's tokens in raster order; position ``s`` predicts token ``s``.
+start vector followed by the patch's tokens in scan order; position ``s`` predicts token ``s``. The
+scan is raster, or for a model with ``mirrored_scan`` raster mirrored toward the finished side for
+orders ``left`` / ``up`` (``token_scan``, ``InfinityTransformer.scan``); caches are always raster.
 In every layer the self-attention keys/values are ``[context patches ‖ own causal prefix]``:
 
 * the context part is projected by this layer's key/value weights from the cached hidden states
@@ -52,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..common.errors import BoundlessError
-from . import rope
+from . import rope, token_scan
 from .adc import center_index, relative_index
 from .config import Extents, InfinityConfig
 from .ncp import ContextItem, PatchCache
@@ -188,6 +190,19 @@ class Block(nn.Module):
         return x_bsd + self.mlp(self.norm2(x_bsd)), h_bsd
 
 
+class Scan:
+    """The reading order of a patch that is not raster (``token_scan``): ``index`` ``[T]`` is the raster
+    place of the j-th token read, ``inverse`` the reverse map, ``positions`` ``[T + 1]`` the row of
+    the position table each sequence place gets (that of the token it predicts; the last place, which
+    predicts nothing, keeps row T), also as plain ints (``position_list``) for the token-by-token
+    decoder, which then indexes without reading the device."""
+
+    def __init__(self, index_t: torch.Tensor, device: torch.device):
+        positions = torch.cat([index_t, index_t.new_tensor([index_t.numel()])])
+        self.position_list = positions.tolist()
+        self.index, self.inverse, self.positions = (x.to(device) for x in (index_t, index_t.argsort(), positions))
+
+
 class InfinityTransformer(nn.Module):
     """Token decoder for one patch given its NCP context, order and optional text."""
 
@@ -206,7 +221,10 @@ class InfinityTransformer(nn.Module):
             self.frame_align = nn.Conv2d(cfg.dim, cfg.dim, reach) if cfg.align_radius else nn.Linear(cfg.dim, cfg.dim)
         if cfg.rope_base:
             self.register_buffer("rope_base", torch.tensor(cfg.rope_base, dtype=torch.int64))
+        if cfg.mirrored_scan:
+            self.register_buffer("mirrored_scan", torch.tensor(1, dtype=torch.int64))
         self._own_rotation: dict[tuple, tuple[rope.Rotation, rope.Rotation]] = {}
+        self._scans: dict[tuple, Scan] = {}
         # Integers the shapes cannot tell; saved with the weights so a checkpoint is self-describing.
         self.register_buffer("patch_shape", torch.tensor([cfg.patch_h, cfg.patch_w], dtype=torch.int64))
         self.register_buffer("trained_extents", torch.tensor(cfg.trained_extents.as_tuple(), dtype=torch.int64))
@@ -253,20 +271,42 @@ class InfinityTransformer(nn.Module):
             self._fingerprint = f"infinity:{digest.hexdigest()[:16]}"
         return self._fingerprint
 
-    # -- token geometry ---------------------------------------------------------------------------
-    def own_rotation(self) -> Optional[tuple[rope.Rotation, rope.Rotation]]:
-        """Rotations (cos, sin ``[T + 1, head_dim / 2]``) of the current patch's queries and keys, made
-        once per device and dtype, or None for a model without token geometry."""
+    # -- token geometry and scan -------------------------------------------------------------------
+    def own_rotation(self, order: int = 0) -> Optional[tuple[rope.Rotation, rope.Rotation]]:
+        """Rotations (cos, sin ``[T + 1, head_dim / 2]``) of the current patch's queries and keys in the
+        scan of ``order``, made once per device and dtype, or None for a model without token geometry."""
         cfg = self.config
         if not cfg.rope_base:
             return None
-        key = (self.pos_emb.device, self.pos_emb.dtype)
+        flip = token_scan.flips(order, cfg.mirrored_scan)
+        key = (self.pos_emb.device, self.pos_emb.dtype, flip)
         if key not in self._own_rotation:
-            q_coords, k_coords = rope.own_coords(cfg.tokens_per_patch, cfg.patch_w, key[0])
+            q_coords, k_coords = rope.own_coords(cfg.tokens_per_patch, cfg.patch_w, key[0], cfg.patch_h, *flip)
             self._own_rotation[key] = tuple(
                 rope.rotation(rope.angles(c, cfg.head_dim, cfg.rope_axes, cfg.rope_base), key[1])
                 for c in (q_coords, k_coords))
         return self._own_rotation[key]
+
+    def scan(self, order: int) -> Optional[Scan]:
+        """How patches of ``order`` are read when not in raster order (``token_scan``), else None."""
+        cfg = self.config
+        flip = token_scan.flips(order, cfg.mirrored_scan)
+        if not any(flip):
+            return None
+        key = (self.pos_emb.device, flip)
+        if key not in self._scans:
+            self._scans[key] = Scan(token_scan.scan_index(cfg.patch_h, cfg.patch_w, *flip), key[0])
+        return self._scans[key]
+
+    def scanned(self, tokens_bt: torch.Tensor, order: int) -> torch.Tensor:
+        """A whole patch's raster tokens (or values per token) ``[B, T, ...]`` in the scan of ``order``."""
+        scan = self.scan(order)
+        return tokens_bt if scan is None else tokens_bt[:, scan.index.to(tokens_bt.device)]
+
+    def rastered(self, scanned_bt: torch.Tensor, order: int) -> torch.Tensor:
+        """The inverse of ``scanned``: ``[B, T, ...]`` in the scan of ``order`` back in raster order."""
+        scan = self.scan(order)
+        return scanned_bt if scan is None else scanned_bt[:, scan.inverse.to(scanned_bt.device)]
 
     # -- conditioning -----------------------------------------------------------------------------
     def prepare_context(self, context: Sequence[ContextItem]) -> list[Optional[LayerKV]]:
@@ -344,10 +384,13 @@ class InfinityTransformer(nn.Module):
         return [block.cross.text_kv(text_bld) for block in self.blocks]
 
     def embed(self, tokens_bs: torch.Tensor, order: int) -> torch.Tensor:
-        """Inputs ``[B, s+1, dim]``: start vector then the given tokens, plus position and order."""
+        """Inputs ``[B, s+1, dim]``: start vector then the given tokens (scan order), plus the position
+        of the token each place predicts and the order."""
         b, s = tokens_bs.shape
         x = torch.cat([self.bos.expand(b, 1, -1), self.tok_emb(tokens_bs)], dim=1)
-        return x + self.pos_emb[:s + 1] + self.order_emb[order]
+        scan = self.scan(order)
+        positions = self.pos_emb[:s + 1] if scan is None else self.pos_emb[scan.positions[:s + 1]]
+        return x + positions + self.order_emb[order]
 
     # -- teacher-forced pass ----------------------------------------------------------------------
     def forward(self, tokens_bs: torch.Tensor, context: Sequence[ContextItem] = (), order: int = 0,
@@ -355,8 +398,10 @@ class InfinityTransformer(nn.Module):
                 context_rows: Optional[int] = None) -> tuple[torch.Tensor, PatchCache]:
         """Run a patch (or its first ``s`` tokens) with known tokens in one pass.
 
-        Returns logits ``[B, min(s+1, T), n_embed]`` (position j predicts token j) and the patch's
-        per-layer cache over its ``s`` given tokens. Used for training, for pre-caching known
+        ``tokens_bs`` are in the scan of ``order`` (``scanned``; raster unless the model has
+        ``mirrored_scan``). Returns logits ``[B, min(s+1, T), n_embed]`` (position j predicts the
+        j-th token read) and the patch's per-layer cache over its ``s`` given tokens, in raster
+        order for a whole patch. Used for training, for pre-caching known
         patches, and as the no-KV-cache reference of the incremental decoder. Guided rows: see the
         module docstring (``context_rows``: how many leading rows see the context; None = all).
         """
@@ -370,14 +415,17 @@ class InfinityTransformer(nn.Module):
         aligned_btd = self.aligned_input(context, tokens_bs.shape[0], context_rows)
         if aligned_btd is not None:
             n = min(x.shape[1], t)            # position j predicts token j: it gets token j's shift
-            x = torch.cat([x[:, :n] + aligned_btd[:, :n], x[:, n:]], dim=1)
+            x = torch.cat([x[:, :n] + self.scanned(aligned_btd, order)[:, :n], x[:, n:]], dim=1)
         hidden = []
-        rot = self.own_rotation()
+        rot = self.own_rotation(order)
         for block, ctx, txt in zip(self.blocks, contexts, texts):
             x, h = block(x, ctx, center, txt, rot, context_rows)
             hidden.append(h[:, 1:])
         logits = self.head(self.norm(x[:, :t]))
-        return logits, PatchCache(torch.stack(hidden))
+        hidden_lbsd = torch.stack(hidden)
+        if tokens_bs.shape[1] == t and self.scan(order) is not None:
+            hidden_lbsd = hidden_lbsd[:, :, self.scan(order).inverse]
+        return logits, PatchCache(hidden_lbsd)
 
 
 class PatchDecoder:
@@ -399,7 +447,10 @@ class PatchDecoder:
         self.center = center_index(cfg.trained_extents)
         self.texts = model.prepare_text(text, batch)
         contexts = model.prepare_context(context)
-        self.aligned = model.aligned_input(context, batch, context_rows)             # [B, T, dim] or None
+        self.scan = model.scan(order)
+        self.positions = list(range(self.t + 1)) if self.scan is None else self.scan.position_list
+        aligned = model.aligned_input(context, batch, context_rows)                   # [B, T, dim] or None
+        self.aligned = None if aligned is None else model.scanned(aligned, order)
         self.n_ctx = 0 if contexts[0] is None else contexts[0][0].shape[2]
         # Rows from context_rows on (neighbour guidance) never read the context: their attention
         # covers only their own slots, so they cost no context work.
@@ -420,7 +471,7 @@ class PatchDecoder:
         self.shift_k = [block.attn.rel_k[self.center].detach() for block in model.blocks]
         self.shift_v = [block.attn.rel_v[self.center].detach() for block in model.blocks]
         # Token geometry: per-position (cos, sin) rows sliced once here, not at every step and layer.
-        rot = model.own_rotation()
+        rot = model.own_rotation(order)
         self.q_rot = None if rot is None else [(c[None], sn[None]) for c, sn in zip(*rot[0])]
         self.k_rot = None if rot is None else [(c[None], sn[None]) for c, sn in zip(*rot[1])]
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
@@ -440,7 +491,7 @@ class PatchDecoder:
             x = model.bos.expand(self.batch, 1, -1)
         else:
             x = model.tok_emb(token_b.view(self.batch, 1))
-        x = x + model.pos_emb[s] + model.order_emb[self.order]                       # [B, 1, dim]
+        x = x + model.pos_emb[self.positions[s]] + model.order_emb[self.order]       # [B, 1, dim]
         if self.aligned is not None and s < self.t:
             x = x + self.aligned[:, s:s + 1]
         end = self.n_ctx + s + 1
@@ -482,4 +533,5 @@ class PatchDecoder:
     def cache(self) -> PatchCache:
         if self.fed != self.t + 1:
             raise BoundlessError("PatchDecoder.cache(): the patch is not finished yet")
-        return PatchCache(self.hidden[:, :, 1:].clone())
+        hidden = self.hidden[:, :, 1:]
+        return PatchCache(hidden.clone() if self.scan is None else hidden[:, :, self.scan.inverse])

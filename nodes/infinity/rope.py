@@ -77,10 +77,22 @@ def raster(index_n: torch.Tensor, patch_w: int) -> torch.Tensor:
                         torch.zeros_like(index_n)], dim=1)
 
 
-def own_coords(tokens_per_patch: int, patch_w: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query and key coordinates ``[T + 1, 3]`` of the T + 1 positions of the current patch."""
+def scanned(coords_n3: torch.Tensor, patch_h: int, patch_w: int, flip_x: bool, flip_y: bool) -> torch.Tensor:
+    """Raster coordinates mirrored inside the patch: the scan that starts at its right (``flip_x``)
+    or bottom (``flip_y``) side instead of its top-left corner (``scan.scan_index``)."""
+    x, y, t = coords_n3.unbind(1)
+    return torch.stack([patch_w - 1 - x if flip_x else x, patch_h - 1 - y if flip_y else y, t], dim=1)
+
+
+def own_coords(tokens_per_patch: int, patch_w: int, device=None, patch_h: int = 0, flip_x: bool = False,
+               flip_y: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and key coordinates ``[T + 1, 3]`` of the T + 1 positions of the current patch, read in
+    raster order or, with a flip, in that mirrored raster (``patch_h`` needed then)."""
     s = torch.arange(tokens_per_patch + 1, device=device)
-    return raster(s, patch_w), raster(s - 1, patch_w)
+    q, k = raster(s, patch_w), raster(s - 1, patch_w)
+    if flip_x or flip_y:
+        q, k = (scanned(c, patch_h, patch_w, flip_x, flip_y) for c in (q, k))
+    return q, k
 
 
 def context_coords(offsets: Sequence[tuple[int, int, int]], patch_h: int, patch_w: int, device=None) -> torch.Tensor:

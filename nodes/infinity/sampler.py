@@ -221,6 +221,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
                   guidance: Guidance = Guidance()) -> tuple[torch.Tensor, PatchCache]:
     """Sample one patch's tokens ``[B, T]`` (token i at ``temperatures[i]``, from the codes that pass
     ``cuts`` = (top_k, top_p, min_p) of ``sample_token``) and return them with the patch's cache.
+    Tokens are drawn in the model's scan of ``order`` (``token_scan``) and returned in raster order.
 
     With guidance ``batch`` is ``groups · B`` rows (text by ``guided_text``; the context's caches hold
     ``B`` rows, seen by the first ``guidance.context_rows(B)``): each token is drawn from
@@ -231,7 +232,10 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
     groups = guidance.groups
     out_b = batch // groups
     context_rows = guidance.context_rows(out_b)
-    tokens = torch.empty(out_b, t, dtype=torch.int64, device=device)
+    tokens = torch.empty(out_b, t, dtype=torch.int64, device=device)      # in scan order
+    scan = model.scan(order)
+    if scan is not None:
+        temperatures = [temperatures[i] for i in scan.position_list[:t]]
 
     def pick(logits_nv: torch.Tensor, i: int) -> torch.Tensor:
         return sample_token(guidance.mix(logits_nv), draws, temperatures[i], *cuts)
@@ -252,7 +256,7 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
             step()
             if i + 1 < t:
                 on_token(i + 1)
-        return tokens, own(decoder.cache())
+        return model.rastered(tokens, order), own(decoder.cache())
     if use_kv_cache:
         decoder = PatchDecoder(model, context, order, text, batch, context_rows)
         logits = decoder.step(None)
@@ -261,14 +265,14 @@ def _sample_patch(model: InfinityTransformer, context: list[ContextItem], order:
             logits = decoder.step(fed(tokens[:, i]))
             if i + 1 < t:
                 on_token(i + 1)
-        return tokens, own(decoder.cache())
+        return model.rastered(tokens, order), own(decoder.cache())
     for i in range(t):
         logits, _ = model(fed(tokens[:, :i]), context, order, text, context_rows)
         tokens[:, i] = pick(logits[:, i], i)
         if i + 1 < t:
             on_token(i + 1)
     _, cache = model(fed(tokens), context, order, text, context_rows)
-    return tokens, own(cache)
+    return model.rastered(tokens, order), own(cache)
 
 
 @torch.no_grad()
@@ -369,7 +373,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
                                              static, guide)
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
-            _, cache = model(tokens_bt.to(device), context, order, text_now)
+            _, cache = model(model.scanned(tokens_bt.to(device), order), context, order, text_now)
         # Commit the patch; nothing below calls back into user code before the state is whole.
         if step.generate:
             write_patch(state.tokens, step.pos, tokens_bt.cpu(), cfg.patch_h, cfg.patch_w)

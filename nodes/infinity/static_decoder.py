@@ -52,6 +52,10 @@ class StaticDecoder:
         # which context slots each row attends to, set per patch: [B, max_context]
         self.context_visible_bl = torch.zeros(batch, self.max_context, dtype=torch.bool, device=device)
         self.own_index = torch.arange(self.t + 1, device=device)
+        # The patch's scan (``token_scan``), set per patch: position-table row of each place, and the
+        # raster place of each token read (to store the cache in raster order).
+        self.positions = torch.arange(self.t + 1, device=device)
+        self.inverse = torch.arange(self.t, device=device)
         self.position = torch.zeros((), dtype=torch.int64, device=device)        # s
         self.token_b = torch.zeros(batch, dtype=torch.int64, device=device)     # the token fed at s >= 1
         self.order_row = torch.zeros(cfg.dim, dtype=dtype, device=device)
@@ -69,8 +73,9 @@ class StaticDecoder:
         self.shift_k = [block.attn.rel_k[center].detach() for block in model.blocks]
         self.shift_v = [block.attn.rel_v[center].detach() for block in model.blocks]
         rot = model.own_rotation()
-        self.q_rot = None if rot is None else rot[0]             # (cos, sin) [T+1, head_dim/2]
-        self.k_rot = None if rot is None else rot[1]
+        # (cos, sin) [T+1, head_dim/2], refilled per patch with its order's scan
+        self.q_rot = None if rot is None else tuple(x.clone() for x in rot[0])
+        self.k_rot = None if rot is None else tuple(x.clone() for x in rot[1])
 
     @torch.no_grad()
     def begin(self, context: Sequence[ContextItem], order: int, text: Optional[torch.Tensor],
@@ -90,11 +95,19 @@ class StaticDecoder:
                 self.v_buf[layer][:rows, :, :n_ctx].copy_(repeat_rows(ctx[1], rows))
         self.context_visible_bl.copy_((self.row_index < rows)[:, None] & (self.context_index < n_ctx)[None])
         self.order_row.copy_(model.order_emb[order])
+        scan = model.scan(order)
+        self.positions.copy_(self.own_index if scan is None else scan.positions)
+        self.inverse.copy_(self.own_index[:self.t] if scan is None else scan.inverse)
+        rot = model.own_rotation(order)
+        if rot is not None:
+            for buffers, rows in zip((self.q_rot, self.k_rot), rot):
+                for buffer, values in zip(buffers, rows):
+                    buffer.copy_(values)
         aligned = model.aligned_input(context, self.batch, context_rows)
         if self.aligned is not None:
             self.aligned_on.fill_(0.0 if aligned is None else 1.0)
             if aligned is not None:
-                self.aligned.copy_(aligned.expand_as(self.aligned))
+                self.aligned.copy_(model.scanned(aligned.expand_as(self.aligned), order))
         if self.text_kv is not None:
             for (k_buf, v_buf), (k, v) in zip(self.text_kv, model.prepare_text(text, self.batch)):
                 k_buf.copy_(k)
@@ -108,7 +121,7 @@ class StaticDecoder:
         s1 = s.view(1)
         token_x = model.tok_emb(self.token_b)                                           # [B, dim]
         x = torch.where(s == 0, model.bos.expand_as(token_x), token_x)
-        x = x + model.pos_emb.index_select(0, s1) + self.order_row                      # [B, dim]
+        x = x + model.pos_emb.index_select(0, self.positions.index_select(0, s1)) + self.order_row  # [B, dim]
         if self.aligned is not None:
             inside = (s < self.t).to(x.dtype) * self.aligned_on
             x = x + self.aligned.index_select(1, s1.clamp(max=self.t - 1))[:, 0] * inside
@@ -136,7 +149,8 @@ class StaticDecoder:
         self.position.add_(1)
 
     def cache(self) -> PatchCache:
-        return PatchCache(self.hidden[:, :, 1:].clone())
+        """The finished patch's cache, in raster order."""
+        return PatchCache(self.hidden[:, :, 1:].index_select(2, self.inverse))
 
 
 class GraphStep:

@@ -8,7 +8,11 @@ the Nearby Context Pool.
 * ``rows``: every token row of the canvas is one random token (the left neighbour's row decides it);
 * ``columns``: every token column is one random token (the patch above decides it);
 * ``ramp``: token (x, y) = (a + x + b·y) mod V for a random a and b (each token is its left
-  neighbour + 1).
+  neighbour + 1);
+* ``walk``: every token row is a random walk mod V (each token is its left neighbour − 1, + 0 or
+  + 1). A patch drawn leftward must end each row within one code of its right neighbour's first
+  token: easy when the row is read from that end (``token_scan``), a guess when it is read from the
+  far end, which is what tells a mirrored scan from raster (``steps_over``).
 
 And one video task, ``pan_clips``: a camera pan over two layers. Half the token rows (codes of the
 lower half of the vocabulary) stand still; the other rows (upper half) move one token left a frame,
@@ -24,7 +28,7 @@ from .adc import scan
 from .geometry import Region, patch_grid_shape
 from .training import teacher_forced_argmax
 
-TASKS = ("rows", "columns", "ramp")
+TASKS = ("rows", "columns", "ramp", "walk")
 
 
 def canvases(task: str, n: int, height: int, width: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
@@ -39,6 +43,10 @@ def canvases(task: str, n: int, height: int, width: int, vocab: int, generator: 
         y = torch.arange(height).view(1, 1, height, 1)
         x = torch.arange(width).view(1, 1, 1, width)
         return (a + x + b * y) % vocab
+    if task == "walk":
+        steps = torch.randint(-1, 2, (n, 1, height, width), generator=generator)
+        steps[..., 0] = torch.randint(vocab, (n, 1, height), generator=generator)
+        return steps.cumsum(-1) % vocab
     raise BoundlessError(f"unknown synthetic task {task!r}; use one of {', '.join(TASKS)}")
 
 
@@ -50,6 +58,17 @@ def pan_clips(n: int, frames: int, height: int, width: int, vocab: int, generato
     moving_n1h1 = torch.rand(n, 1, height, 1, generator=generator) < 0.5
     strip = torch.randint(half, (n, 1, height, width + frames), generator=generator) + half * moving_n1h1
     return torch.cat([torch.where(moving_n1h1, strip[..., t:t + width], strip[..., :width]) for t in range(frames)], 1)
+
+
+def steps_over(canvases_bfhw: torch.Tensor, vocab: int, patch_w: int) -> dict:
+    """``walk`` task: share of left–right token pairs more than one code apart (mod ``vocab``), across
+    patch columns and inside patches. Real walks have none."""
+    step = (canvases_bfhw[..., 1:] - canvases_bfhw[..., :-1]) % vocab
+    broken = (step > 1) & (step < vocab - 1)
+    across = torch.zeros(broken.shape[-1], dtype=torch.bool)
+    across[patch_w - 1::patch_w] = True
+    return {"across": round(float(broken[..., across].float().mean()), 4),
+            "inside": round(float(broken[..., ~across].float().mean()), 4)}
 
 
 def motion_accuracy(model, clips_bfhw: torch.Tensor) -> dict:

@@ -36,7 +36,7 @@ from ..common.errors import BoundlessError
 from ..common.tokens import fingerprint
 from . import rope
 from .adc import ORDERS
-from .checkpoint import add_frame_align, add_text_branch, load_infinity, save_infinity
+from .checkpoint import add_frame_align, add_mirrored_scan, add_text_branch, load_infinity, save_infinity
 from .config import Extents, InfinityConfig
 from .model import InfinityTransformer
 from .training import CanvasSampler, chain_loss, heldout_nll
@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="token geometry: rotary embeddings on canvas coordinates with this base, so each patch "
                            "finds the neighbouring tokens it continues (0 = the older design without it; a "
                            "--resume model keeps what it was trained with)")
+    size.add_argument("--mirrored-scan", action="store_true",
+                      help="read patches of order left / up in raster mirrored toward the finished neighbour, so "
+                           "every row starts beside it (token_scan.py; a --resume raster model is switched over "
+                           "and must then learn those orders again)")
     size.add_argument("--n-embed", type=int, default=0, help="codebook size (default: max token + 1)")
     run = p.add_argument_group("training")
     run.add_argument("--canvas", type=int, nargs=2, default=(4, 4), metavar=("COLS", "ROWS"),
@@ -251,13 +255,16 @@ def main(argv=None) -> InfinityTransformer:
             model = add_text_branch(model, int(texts.shape[-1]))
         if args.frame_align and (not model.config.frame_align or args.align_radius > model.config.align_radius):
             model = add_frame_align(model, args.align_radius)
+        if args.mirrored_scan and not model.config.mirrored_scan:
+            model = add_mirrored_scan(model)
     else:
         n_embed = args.n_embed or int(max(int(g.max()) for g in grids)) + 1
         cfg = InfinityConfig(n_embed=n_embed, dim=args.dim, depth=args.depth, heads=args.heads,
                              mlp_dim=args.mlp_dim or 4 * args.dim, patch_h=patch_h, patch_w=patch_w,
                              trained_extents=Extents(*args.extents),
                              text_dim=0 if texts is None else int(texts.shape[-1]), frame_align=args.frame_align,
-                             rope_base=args.rope_base, align_radius=args.align_radius if args.frame_align else 0)
+                             rope_base=args.rope_base, align_radius=args.align_radius if args.frame_align else 0,
+                             mirrored_scan=args.mirrored_scan)
         model = InfinityTransformer(cfg)
     cfg = model.config
     model.tokenizer, model.factor = tokenizer or model.tokenizer, factor or model.factor

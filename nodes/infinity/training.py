@@ -20,6 +20,7 @@ from .adc import ORDERS, order_id, scan
 from .config import Extents
 from .geometry import Region, patch_grid_shape, read_patch, write_patch
 from .ncp import NearbyContextPool, PatchCache
+from .token_scan import in_scan
 
 
 def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: Extents, *,
@@ -47,9 +48,10 @@ def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: E
     sequence = scan(region, order)
     last_uses = pool.last_uses(sequence)
     oid = order_id(order)
+    config = getattr(net, "module", net).config
     total = 0.0
     for step, pos in enumerate(sequence):
-        tokens_bt = read_patch(canvas_bfhw, pos, patch_h, patch_w)
+        tokens_bt = in_scan(read_patch(canvas_bfhw, pos, patch_h, patch_w), oid, config)   # as the model reads
         inputs_bt = tokens_bt
         if input_noise > 0:
             noisy_bt = torch.rand(tokens_bt.shape, generator=generator, device=tokens_bt.device) < input_noise
@@ -159,8 +161,10 @@ def teacher_forced_log_probs(model: nn.Module, canvases_bfhw: torch.Tensor, orde
     last_uses = pool.last_uses(sequence)
     log_probs = None
     for step, pos in enumerate(sequence):
-        logits, cache = model(read_patch(canvases_bfhw, pos, cfg.patch_h, cfg.patch_w), pool.select(pos),
-                              order_id(order), text)
+        oid = order_id(order)
+        logits, cache = model(model.scanned(read_patch(canvases_bfhw, pos, cfg.patch_h, cfg.patch_w), oid),
+                              pool.select(pos), oid, text)
+        logits = model.rastered(logits, oid)
         if log_probs is None:
             log_probs = logits.new_zeros(*canvases_bfhw.shape, logits.shape[-1], dtype=torch.float32)
         write_patch(log_probs, pos, logits.float().log_softmax(-1), cfg.patch_h, cfg.patch_w)
