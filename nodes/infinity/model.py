@@ -423,8 +423,9 @@ class InfinityTransformer(nn.Module):
             hidden.append(h[:, 1:])
         logits = self.head(self.norm(x[:, :t]))
         hidden_lbsd = torch.stack(hidden)
-        if tokens_bs.shape[1] == t and self.scan(order) is not None:
-            hidden_lbsd = hidden_lbsd[:, :, self.scan(order).inverse]
+        scan = self.scan(order)
+        if scan is not None and tokens_bs.shape[1] == t:                # a whole patch: cache in raster order
+            hidden_lbsd = hidden_lbsd[:, :, scan.inverse]
         return logits, PatchCache(hidden_lbsd)
 
 
