@@ -133,6 +133,8 @@ def test_outpaint_keeps_the_given_patches_and_places_them(comfy):
              "d": to_image(["o", 0]), "p": preview(["d", 0])}
     out = pixels(comfy, comfy.run(graph))
     assert tuple(out.shape) == (PATCH_PX, 4 * PATCH_PX, 3)
+    # the tiny test model reads raster: the user is told that leftward patches may seam, and why
+    assert "patches added to the left or above start on the side away from the picture" in comfy.log()
 
 
 def test_bad_input_errors(comfy):

@@ -333,6 +333,12 @@ class InfinityOutpaintStep(io.ComfyNode):
             planned = plan_fill(state, "right" if state.grid[2] >= state.grid[1] else "down")
         else:
             planned = plan_outpaint(state, [(side, patches) for (side,) in DIRECTIONS[direction]])
+            sides = {side for (side,) in DIRECTIONS[direction]}
+            if sides & {"left", "up"} and not model.model.config.mirrored_scan:
+                logging.warning("[Boundless] this NUWA-Infinity model reads every patch in raster order, so patches "
+                                "added to the left or above start on the side away from the picture and may "
+                                "seam where they meet it; models trained with --mirrored-scan (the world "
+                                "panorama model) do not (README: mirrored scan)")
         return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws,
                                           text_guidance, neighbour_guidance, edge_temperature, top_p, min_p))
 
