@@ -43,16 +43,9 @@ MIRROR_PX = 64
 SETTINGS = dict(**iq.SAMPLING, edge_temperature=0.7)                 # the sampling nodes' defaults
 
 
-def interval(values: list[float], rounds: int = 2000) -> list[float]:
-    """90 % bootstrap interval of the mean."""
-    x = np.asarray(values)
-    picks = np.random.default_rng(0).integers(0, len(x), size=(rounds, len(x)))
-    return [round(float(v), 3) for v in np.quantile(x[picks].mean(1), [0.05, 0.95])]
-
-
 def summary(junctions: list[float], directions: list[str]) -> dict:
     out = {"mean": round(float(np.mean(junctions)), 3), "median": round(float(np.median(junctions)), 3),
-           "mean_90ci": interval(junctions), "n": len(junctions)}
+           "mean_90ci": metrics.mean_interval(junctions), "n": len(junctions)}
     for direction in ("right", "left"):
         out[direction] = round(float(np.mean([j for j, d in zip(junctions, directions) if d == direction])), 3)
     return out
@@ -77,13 +70,8 @@ def main(argv=None) -> dict:
             for seed in range(iq.BENCH_SEED, iq.BENCH_SEED + args.pictures)]
     cases = iq.outpaint_cases(tok, patch_px, real, MIRROR_PX)
     width = iq.CONTINUE_COLS * patch_px // tok.vqgan.factor
-    ceiling = []
-    for case in cases:
-        whole = tok.encode(iq.assemble(case["context"], case["truth"], case["direction"]))
-        right = case["direction"] == "right"
-        scored = {**case, "context_tokens": whole[:, :-width] if right else whole[:, width:]}
-        ceiling.append(iq.score_outpaint(tok, scored, whole[:, -width:] if right else whole[:, :width],
-                                         patch_px)[0]["junction_step_ratio"])
+    ceiling = [iq.score_outpaint(tok, *iq.truth_round_trip(tok, case, width), patch_px)[0]["junction_step_ratio"]
+               for case in cases]
     result = {"truth_round_trip": summary(ceiling, [c["direction"] for c in cases])}
     print(json.dumps(result), flush=True)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -93,9 +81,7 @@ def main(argv=None) -> dict:
         for case in cases:
             state = iq.state_mod.state_from_tokens(model, case["context_tokens"][None], extents=iq.EXTENTS)
             for seed in seeds:
-                grown = iq.sampler.outpaint(model, state, case["direction"], iq.CONTINUE_COLS, seed=seed, **SETTINGS)
-                tokens = grown.tokens[0, 0]
-                cont = tokens[:, -width:] if case["direction"] == "right" else tokens[:, :width]
+                _, cont = iq.continuation(model, state, case, width, seed, SETTINGS)
                 junctions.append(iq.score_outpaint(tok, case, cont, patch_px)[0]["junction_step_ratio"])
                 directions.append(case["direction"])
         entry = {"mirrored_scan": model.config.mirrored_scan, "outpaint_junction": summary(junctions, directions),

@@ -166,6 +166,23 @@ def junction_ratio(canvas_hw3: torch.Tensor, x: int, token_px: int) -> float:
     return float(steps[x - 1] / steps[others].mean())
 
 
+def truth_round_trip(tok: Tokenizer, case: dict, width: int) -> tuple[dict, torch.Tensor]:
+    """The ceiling of a case: context and truth encoded as one picture; returns the case with that
+    context and the truth's continuation tokens (``width`` token columns)."""
+    whole = tok.encode(assemble(case["context"], case["truth"], case["direction"]))
+    right = case["direction"] == "right"
+    return ({**case, "context_tokens": whole[:, :-width] if right else whole[:, width:]},
+            whole[:, -width:] if right else whole[:, :width])
+
+
+def continuation(model, state, case: dict, width: int, seed: int, options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outpaint ``state`` (the case's context) by ``CONTINUE_COLS`` patches in the case's direction:
+    the whole canvas's tokens and the continuation's (``width`` token columns)."""
+    grown = sampler.outpaint(model, state, case["direction"], CONTINUE_COLS, seed=seed, **options)
+    tokens = grown.tokens[0, 0]
+    return tokens, tokens[:, -width:] if case["direction"] == "right" else tokens[:, :width]
+
+
 def score_outpaint(tok: Tokenizer, case: dict, cont_tokens: torch.Tensor, patch_px: int) -> tuple[dict, torch.Tensor]:
     """Scores of one continuation against the truth, and its pixels.
 
@@ -204,9 +221,8 @@ def summarise(rows: list[dict], crops_feat: np.ndarray, truth_feat: np.ndarray, 
     """Means of the rows, the junction per direction (``directions[i]`` is row i's) with a 90 % bootstrap
     interval of its mean (a few outpaintings with a hard edge move the mean by tenths), and FED/KID."""
     out = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]}
-    junctions = np.array([r["junction_step_ratio"] for r in rows])
-    picks = np.random.default_rng(0).integers(0, len(junctions), size=(2000, len(junctions)))
-    out["junction_step_ratio_90ci"] = [round(float(v), 3) for v in np.quantile(junctions[picks].mean(1), [0.05, 0.95])]
+    junctions = [r["junction_step_ratio"] for r in rows]
+    out["junction_step_ratio_90ci"] = metrics.mean_interval(junctions)
     for direction in sorted(set(directions)):
         chosen = [j for j, d in zip(junctions, directions) if d == direction]
         out[f"junction_step_ratio_{direction}"] = round(float(np.mean(chosen)), 4)
@@ -342,10 +358,7 @@ def main(argv=None) -> dict:
             width = CONTINUE_COLS * pw
             scored = case
             if kind == "truth_round_trip":                 # context and truth encoded as one picture
-                whole = tok.encode(assemble(case["context"], case["truth"], case["direction"]))
-                right = case["direction"] == "right"
-                cont_tokens = whole[:, -width:] if right else whole[:, :width]
-                scored = {**case, "context_tokens": whole[:, :-width] if right else whole[:, width:]}
+                scored, cont_tokens = truth_round_trip(tok, case, width)
             else:                                                               # from all the context
                 cont_tokens = token_baseline(kind, case["context_tokens"], width, pw, case["direction"])
             row, cont = score_outpaint(tok, scored, cont_tokens, patch_px)
@@ -392,11 +405,8 @@ def main(argv=None) -> dict:
         for case in cases:
             state = state_mod.state_from_tokens(model, case["context_tokens"][None], extents=EXTENTS)
             for seed in seeds(args.seeds):
-                grown = sampler.outpaint(model, state, case["direction"], CONTINUE_COLS, seed=seed, **SAMPLING,
-                                         **options)
-                tokens = grown.tokens[0, 0]
-                width = CONTINUE_COLS * pw
-                cont_tokens = tokens[:, -width:] if case["direction"] == "right" else tokens[:, :width]
+                tokens, cont_tokens = continuation(model, state, case, CONTINUE_COLS * pw, seed,
+                                                   {**SAMPLING, **options})
                 row, cont = score_outpaint(tok, case, cont_tokens, patch_px)
                 rows.append(row)
                 conts += metrics.crops(cont)

@@ -54,6 +54,14 @@ def seam_ratio_interval(images: list[torch.Tensor], period: int, axis: str = "ve
     return float(low), float(high)
 
 
+def mean_interval(values, rounds: int = 2000, seed: int = 0) -> list[float]:
+    """90 % bootstrap interval of the mean of ``values`` (e.g. outpainting junctions, where a few hard
+    edges move the mean by tenths between seed ranges)."""
+    x = np.asarray(values, dtype=np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(x), size=(rounds, len(x)))
+    return [round(float(v), 3) for v in np.quantile(x[picks].mean(1), [0.05, 0.95])]
+
+
 def pair_set(maps: list[torch.Tensor], axis: str = "horizontal") -> set[tuple[int, int]]:
     """Every (first, second) code pair of neighbouring tokens in the maps (left-right or top-bottom)."""
     found = set()

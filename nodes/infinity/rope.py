@@ -77,9 +77,10 @@ def raster(index_n: torch.Tensor, patch_w: int) -> torch.Tensor:
                         torch.zeros_like(index_n)], dim=1)
 
 
-def scanned(coords_n3: torch.Tensor, patch_h: int, patch_w: int, flip_x: bool, flip_y: bool) -> torch.Tensor:
+def mirrored_in_patch(coords_n3: torch.Tensor, patch_h: int, patch_w: int, flip_x: bool,
+                      flip_y: bool) -> torch.Tensor:
     """Raster coordinates mirrored inside the patch: the scan that starts at its right (``flip_x``)
-    or bottom (``flip_y``) side instead of its top-left corner (``scan.scan_index``)."""
+    or bottom (``flip_y``) side instead of its top-left corner (``token_scan.scan_index``)."""
     x, y, t = coords_n3.unbind(1)
     return torch.stack([patch_w - 1 - x if flip_x else x, patch_h - 1 - y if flip_y else y, t], dim=1)
 
@@ -91,7 +92,7 @@ def own_coords(tokens_per_patch: int, patch_w: int, device=None, patch_h: int = 
     s = torch.arange(tokens_per_patch + 1, device=device)
     q, k = raster(s, patch_w), raster(s - 1, patch_w)
     if flip_x or flip_y:
-        q, k = (scanned(c, patch_h, patch_w, flip_x, flip_y) for c in (q, k))
+        q, k = (mirrored_in_patch(c, patch_h, patch_w, flip_x, flip_y) for c in (q, k))
     return q, k
 
 

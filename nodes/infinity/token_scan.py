@@ -44,8 +44,3 @@ def scan_index(patch_h: int, patch_w: int, flip_x: bool, flip_y: bool, device=No
     dims = [d for d, flip in ((1, flip_x), (0, flip_y)) if flip]
     return grid_hw.flip(dims).flatten()
 
-
-def in_scan(tokens_bt: torch.Tensor, order: int, config) -> torch.Tensor:
-    """A whole patch's raster tokens ``[B, T]`` in the order a model of ``config`` reads them."""
-    index = scan_index(config.patch_h, config.patch_w, *flips(order, config.mirrored_scan))
-    return tokens_bt if index is None else tokens_bt[:, index.to(tokens_bt.device)]

@@ -20,7 +20,7 @@ from .adc import ORDERS, order_id, scan
 from .config import Extents
 from .geometry import Region, patch_grid_shape, read_patch, write_patch
 from .ncp import NearbyContextPool, PatchCache
-from .token_scan import in_scan
+from .token_scan import flips, scan_index
 
 
 def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: Extents, *,
@@ -48,10 +48,14 @@ def chain_loss(net: nn.Module, canvas_bfhw: torch.Tensor, order: str, extents: E
     sequence = scan(region, order)
     last_uses = pool.last_uses(sequence)
     oid = order_id(order)
-    config = getattr(net, "module", net).config
+    # the model reads each patch in its scan of this order (token_scan); inputs and targets alike
+    reading = scan_index(patch_h, patch_w, *flips(oid, getattr(net, "module", net).config.mirrored_scan),
+                         canvas_bfhw.device)
     total = 0.0
     for step, pos in enumerate(sequence):
-        tokens_bt = in_scan(read_patch(canvas_bfhw, pos, patch_h, patch_w), oid, config)   # as the model reads
+        tokens_bt = read_patch(canvas_bfhw, pos, patch_h, patch_w)
+        if reading is not None:
+            tokens_bt = tokens_bt[:, reading]
         inputs_bt = tokens_bt
         if input_noise > 0:
             noisy_bt = torch.rand(tokens_bt.shape, generator=generator, device=tokens_bt.device) < input_noise
