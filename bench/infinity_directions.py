@@ -15,6 +15,10 @@ held-out demo world (``train_infinity_world.BENCH_SEED`` on, never trained on):
 * **Canvas seams per order**: ``--canvases`` canvases of 4×2 patches drawn in each ADC order; seam
   ratio at vertical and horizontal patch boundaries (``metrics.seam_ratio``) with its 90 % interval.
 
+A text model (e.g. ``boundless_world_text``) is prompted with the caption of the held-out scene it
+outpaints (``nodes.world.scene.caption``), and each canvas with the caption of scene
+``BENCH_SEED + seed``, so it runs as a user would run it.
+
 Many more outpaintings than ``infinity_quality.py`` runs (its 24 per range move by half a token
 boundary between seed ranges), and no FED, so it takes minutes. Prints JSON.
 Run: ``.venv/bin/python bench/infinity_directions.py [--model a=x.safetensors] [--first-seed 100]``
@@ -51,6 +55,19 @@ def summary(junctions: list[float], directions: list[str]) -> dict:
     return out
 
 
+def caption_states(model, seed: int):
+    """For a text model, the MiniLM states ``[1, L, C]`` of world scene ``seed``'s caption; else None."""
+    if not model.config.text_dim:
+        return None
+    scene_mod, minilm = pack_module("nodes.world.scene"), pack_module("nodes.text.minilm")
+    if "encoder" not in _TEXT:
+        _TEXT["encoder"] = minilm.load_text_encoder(minilm.default_path())
+    return _TEXT["encoder"].encode([scene_mod.caption(scene_mod.sample_scene(seed))]).states
+
+
+_TEXT: dict = {}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", default=[], help="NAME=PATH of a NUWA-Infinity model (repeatable)")
@@ -80,8 +97,9 @@ def main(argv=None) -> dict:
         junctions, directions = [], []
         for case in cases:
             state = iq.state_mod.state_from_tokens(model, case["context_tokens"][None], extents=iq.EXTENTS)
+            text = caption_states(model, int(case["name"].split("_")[1]))
             for seed in seeds:
-                _, cont = iq.continuation(model, state, case, width, seed, SETTINGS)
+                _, cont = iq.continuation(model, state, case, width, seed, {**SETTINGS, "text": text})
                 junctions.append(iq.score_outpaint(tok, case, cont, patch_px)[0]["junction_step_ratio"])
                 directions.append(case["direction"])
         entry = {"mirrored_scan": model.config.mirrored_scan, "outpaint_junction": summary(junctions, directions),
@@ -90,7 +108,8 @@ def main(argv=None) -> dict:
             entry["canvas_seams"] = {}
             for order in args.orders.split(","):
                 images = [tok.decode(iq.sampler.generate_canvas(model, 4, 2, order=order, extents=iq.EXTENTS,
-                                                                seed=seed, **SETTINGS).tokens[0, 0])
+                                                                seed=seed, text=caption_states(model, iq.BENCH_SEED + seed),
+                                                                **SETTINGS).tokens[0, 0])
                           for seed in range(args.first_seed, args.first_seed + args.canvases)]
                 entry["canvas_seams"][order] = {
                     axis: round(metrics.seam_ratio(images, patch_px, axis), 3) for axis in ("vertical", "horizontal")}

@@ -116,6 +116,23 @@ def test_tail_cuts_reach_the_sampler(comfy):
     assert not torch.equal(pixels(comfy, comfy.run(nucleus)), plain)
 
 
+def test_close_candidates_reach_the_sampler(comfy):
+    """Generate Canvas, Outpaint Step and Resume offer close_candidates (8 by default). On a 360° canvas only
+    the last patch column closes the loop: more candidates change it and leave the others as they were
+    (decoded one patch column per tile, so each column's pixels are its own tokens' alone)."""
+    info = comfy.object_info()
+    for node in ("BoundlessInfinityGenerateCanvas", "BoundlessInfinityOutpaintStep", "BoundlessInfinityResume"):
+        assert info[node]["input"]["optional"]["close_candidates"][1]["default"] == 8, node
+    assert "close_candidates" not in info["BoundlessInfinityStreamCanvas"]["input"]["optional"]
+    once, chosen = image_graph(3, 2, seed=8, order="right"), image_graph(3, 2, seed=8, order="right")
+    for graph, candidates in ((once, 1), (chosen, 6)):
+        graph["g"]["inputs"].update(wrap=True, close_candidates=candidates)
+        graph["d"]["inputs"].update(tile_size=PATCH_PX, tile_margin=0)
+    once, chosen = pixels(comfy, comfy.run(once)), pixels(comfy, comfy.run(chosen))
+    assert torch.equal(once[:, :2 * PATCH_PX], chosen[:, :2 * PATCH_PX])
+    assert not torch.equal(once[:, 2 * PATCH_PX:], chosen[:, 2 * PATCH_PX:])
+
+
 def test_outpaint_keeps_the_given_patches_and_places_them(comfy):
     """Encode an image, outpaint left by 2 patches: the original tokens sit at column 2 onwards."""
     graph = {**loaders(),

@@ -122,6 +122,10 @@ class NearbyContextPool:
         return [ContextItem(other, offset, self._caches[other])
                 for other, offset in self.window(pos) if other in self._caches]
 
+    def cache_of(self, pos: PatchPos) -> PatchCache:
+        """The cache of a finished patch in the pool."""
+        return self._caches[pos]
+
     def remove(self, step: int, last_uses: Mapping[PatchPos, int]) -> list[PatchPos]:
         """Drop every cache whose last user in the order is at or before ``step``; return them."""
         expired = [pos for pos in self._caches if last_uses.get(pos, -1) <= step]

@@ -39,6 +39,9 @@ STATE_FOLDER = "infinity_states"
 # The sampling nodes' edge temperature, measured on the demo world models (BENCHMARKS.md "Where the seams
 # come from"); the sampler's own default stays 1 (every token alike).
 EDGE_TEMPERATURE = 0.7
+# Candidates of a patch that closes a loop (sampler.run's close_candidates; BENCHMARKS.md "Closing the
+# 360° loop"); the sampler's own default stays 1.
+CLOSE_CANDIDATES = 8
 DIRECTIONS = {"right": [("right",)], "left": [("left",)], "down": [("down",)], "up": [("up",)],
               "left+right": [("left",), ("right",)], "up+down": [("up",), ("down",)],
               "all sides": [("left",), ("right",), ("up",), ("down",)], "next frames": [(FUTURE,)]}
@@ -62,7 +65,15 @@ def _sampling_inputs():
             sockets.VQGANModel.Input("preview_vqgan", optional=True,
                                      tooltip="Optional: the VQGAN of the model, for a live preview of the "
                                              "growing canvas in the progress bar."),
-            _text_input(), _draws_input(), *_guidance_inputs()]
+            _text_input(), _draws_input(), *_guidance_inputs(), _close_candidates_input()]
+
+
+def _close_candidates_input():
+    return io.Int.Input("close_candidates", default=CLOSE_CANDIDATES, min=1, max=16, optional=True,
+                        tooltip="For a patch that meets finished patches on its far side too (the last column of a "
+                                "360° canvas, where it meets the first): draw it this many times and keep the one "
+                                "the finished side continues most naturally, judged by the model (1 = draw once). "
+                                "Only those patches cost more, about this many times as much.")
 
 
 def _guidance_inputs():
@@ -124,7 +135,8 @@ def _text_input():
 
 def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_vqgan, text=None,
                  draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0,
-                 edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> CanvasState:
+                 edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0,
+                 close_candidates=CLOSE_CANDIDATES) -> CanvasState:
     """Run the rest of ``state``'s plan on ComfyUI's device with progress, preview and interrupt.
 
     On interrupt the partly generated state is saved under output/infinity_states/ (every patch
@@ -146,7 +158,7 @@ def _run_on_copy(patcher, state: CanvasState, seed, temperature, top_k, preview_
         run(model, state, seed=seed, temperature=temperature, top_k=top_k, text=condition, progress_unit="token",
             progress=comfy_glue.progress_reporter(max(total, 1)), preview=preview, max_pool_bytes=budget,
             draws=draws, guidance=text_guidance, empty_text=empty, neighbour_guidance=neighbour_guidance,
-            edge_temperature=edge_temperature, top_p=top_p, min_p=min_p)
+            edge_temperature=edge_temperature, top_p=top_p, min_p=min_p, close_candidates=close_candidates)
     except mm.InterruptProcessingException:
         path = _save_path("interrupted")
         state.save(path)
@@ -291,11 +303,13 @@ class InfinityGenerateCanvas(io.ComfyNode):
     def execute(cls, model, width_patches, height_patches, order, batch, e_w, e_h, e_f, wrap, seed,
                 temperature, top_k, preview_vqgan=None, text=None, draws=MODEL_DEVICE,
                 text_guidance=1.0, neighbour_guidance=1.0,
-                edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> io.NodeOutput:
+                edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0,
+                close_candidates=CLOSE_CANDIDATES) -> io.NodeOutput:
         state = plan_fill(empty_state(model.model, width_patches, height_patches, 1, batch,
                                       Extents(e_w, e_h, e_f), wrap), order)
         return io.NodeOutput(_run_on_copy(model, state, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance, neighbour_guidance, edge_temperature, top_p, min_p))
+                                          text_guidance, neighbour_guidance, edge_temperature, top_p, min_p,
+                                          close_candidates))
 
 
 class InfinityOutpaintStep(io.ComfyNode):
@@ -324,7 +338,8 @@ class InfinityOutpaintStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, state: CanvasState, direction, patches, seed, temperature, top_k,
                 preview_vqgan=None, text=None, draws=MODEL_DEVICE, text_guidance=1.0,
-                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> io.NodeOutput:
+                neighbour_guidance=1.0, edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0,
+                close_candidates=CLOSE_CANDIDATES) -> io.NodeOutput:
         state.require_model(model.model)
         if direction == "next frames" and state.extents.f < 1:
             raise BoundlessError("'next frames' needs a state with e_f >= 1 (otherwise a new frame cannot see the "
@@ -340,7 +355,8 @@ class InfinityOutpaintStep(io.ComfyNode):
                                 "seam where they meet it; models trained with --mirrored-scan (the world "
                                 "panorama model) do not (README: mirrored scan)")
         return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws,
-                                          text_guidance, neighbour_guidance, edge_temperature, top_p, min_p))
+                                          text_guidance, neighbour_guidance, edge_temperature, top_p, min_p,
+                                          close_candidates))
 
 
 class InfinityResume(io.ComfyNode):
@@ -361,7 +377,8 @@ class InfinityResume(io.ComfyNode):
     @classmethod
     def execute(cls, model, state: CanvasState, seed, temperature, top_k, preview_vqgan=None,
                 text=None, draws=MODEL_DEVICE, text_guidance=1.0, neighbour_guidance=1.0,
-                edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0) -> io.NodeOutput:
+                edge_temperature=EDGE_TEMPERATURE, top_p=1.0, min_p=0.0,
+                close_candidates=CLOSE_CANDIDATES) -> io.NodeOutput:
         state.require_model(model.model)
         if state.step >= len(state.plan.flat):
             raise BoundlessError("Infinity Resume: this state has nothing left to generate (its plan is finished, or "
@@ -369,7 +386,7 @@ class InfinityResume(io.ComfyNode):
                                  "generates a state's unknown patches) or Generate Canvas instead")
         return io.NodeOutput(_run_on_copy(model, state.clone(), seed, temperature, top_k, preview_vqgan, text,
                                           draws, text_guidance, neighbour_guidance, edge_temperature, top_p,
-                                          min_p))
+                                          min_p, close_candidates))
 
 
 class NCPStateToTokens(io.ComfyNode):

@@ -24,6 +24,7 @@ import torch
 from ..common.draws import MODEL_DEVICE, Draws
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
+from . import closing
 from .adc import order_id
 from .config import Extents
 from .geometry import PatchPos, read_patch, write_patch
@@ -44,13 +45,15 @@ DECODERS = ("auto", "static", "dynamic")
 
 @dataclasses.dataclass
 class RunStats:
-    """What a ``run`` did: patches generated / pre-cached, NCP high-water marks, wall time."""
+    """What a ``run`` did: patches generated / pre-cached, NCP high-water marks, patches chosen among
+    candidates (``closed``), wall time."""
 
     generated: int = 0
     precached: int = 0
     peak_pool: int = 0
     peak_pool_bytes: int = 0
     max_context: int = 0
+    closed: int = 0
     seconds: float = 0.0
 
 
@@ -282,7 +285,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         max_pool_bytes: int = DEFAULT_MAX_POOL_BYTES, draws: str = MODEL_DEVICE,
         decoder: str = "auto", guidance: float = 1.0, empty_text: Optional[torch.Tensor] = None,
         neighbour_guidance: float = 1.0, edge_temperature: float = 1.0, top_p: float = 1.0,
-        min_p: float = 0.0) -> RunStats:
+        min_p: float = 0.0, close_candidates: int = 1) -> RunStats:
     """Advance ``state`` (in place) through the rest of its plan; return statistics.
 
     progress_unit: "patch" calls ``progress(done, total, preview)`` once per generated patch;
@@ -307,6 +310,10 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
 
     ``top_p`` / ``min_p``: cut the unlikely tail of each token's distribution (``sample_token``), besides
     ``top_k``; 1 / 0 cut nothing.
+
+    ``close_candidates``: a patch that meets finished patches ahead of it in its scan (the last column
+    of a 360° canvas) is drawn this many times in one batch, and the candidate under which those
+    patches are most likely is kept (``closing``); 1 draws it once like any other patch.
     """
     if guidance < 0:
         raise BoundlessError(f"text guidance must be >= 0 (1 = off), got {guidance}")
@@ -318,6 +325,8 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         raise BoundlessError(f"min_p must lie in [0, 1) (0 = off), got {min_p}")
     if edge_temperature < 0:
         raise BoundlessError(f"edge temperature must be >= 0 (1 = as inside the patch), got {edge_temperature}")
+    if int(close_candidates) != close_candidates or close_candidates < 1:
+        raise BoundlessError(f"close_candidates must be a whole number >= 1 (1 = off), got {close_candidates}")
     if guidance != 1.0 and text is None:
         raise BoundlessError("text guidance needs a prompt: connect text, or set text_guidance to 1")
     guide = Guidance(text=guidance, neighbours=neighbour_guidance)
@@ -337,7 +346,7 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
     started = time.perf_counter()
     device = model.pos_emb.device
     use_static = use_kv_cache and (decoder == "static" or (decoder == "auto" and device.type == "cuda"))
-    static: Optional[tuple[StaticDecoder, GraphStep]] = None
+    statics: dict[int, tuple[StaticDecoder, GraphStep]] = {}      # one per row count, built when first needed
     last_uses: dict[int, dict] = {}
     while state.step < len(flat):
         phase_index, step = flat[state.step]
@@ -354,23 +363,37 @@ def run(model: InfinityTransformer, state: CanvasState, *, seed: int = 0, temper
         order = order_id(phase.order)
         text_now = _text_for(text, step.pos)
         if step.generate:
+            closes = close_candidates > 1 and bool(closing.finished_ahead(state.ncp, step.pos, phase.order))
+            candidates = close_candidates if closes else 1
             patch_draws = Draws(patch_seed(seed, step.pos), device, draws)
+            if closes:
+                patch_draws = closing.CandidateDraws(patch_draws, patch_seed(seed, step.pos), candidates, device,
+                                                     draws)
             base = done_count * scale
 
             def on_token(i: int) -> None:
                 if progress_unit == "token":
                     progress(base + i, total, None)
 
-            rows = guide.groups * state.batch
-            text_now = guided_text(guide, text_now, empty_text, state.batch)
-            if use_static and static is None:      # built once per run, at its first generated patch
+            batch = candidates * state.batch
+            rows = guide.groups * batch
+            if closes and text_now is not None and text_now.shape[0] > 1:
+                text_now = text_now.repeat(candidates, 1, 1)
+            text_now = guided_text(guide, text_now, empty_text, batch)
+            if use_static and rows not in statics:
                 built = StaticDecoder(model, rows, state.extents.cells * t,
                                       0 if text_now is None else text_now.shape[1])
-                static = (built, GraphStep(built))
+                statics[rows] = (built, GraphStep(built))
             temperatures = token_temperatures(context, cfg.patch_h, cfg.patch_w, temperature, edge_temperature)
             tokens_bt, cache = _sample_patch(model, context, order, text_now, rows, patch_draws,
                                              temperatures, (top_k, top_p, min_p), use_kv_cache, on_token,
-                                             static, guide)
+                                             statics.get(rows), guide)
+            if closes:
+                score_n = closing.successor_log_likelihood(model, state.ncp, state.tokens, step.pos, cache,
+                                                           phase.order, lambda pos: _text_for(text, pos))
+                chosen_b = closing.best_candidates(score_n, state.batch)
+                tokens_bt, cache = tokens_bt[chosen_b], PatchCache(cache.hidden[:, chosen_b])
+                stats.closed += 1
         else:
             tokens_bt = read_patch(state.tokens, step.pos, cfg.patch_h, cfg.patch_w)
             _, cache = model(model.scanned(tokens_bt.to(device), order), context, order, text_now)
