@@ -45,7 +45,7 @@ def test_left_and_up_are_read_from_the_finished_side_and_old_models_read_raster(
     # the first place of a left-read patch predicts the top-right token; its key carries the start
     queries, keys = pack_module("nodes.infinity.rope").own_coords(12, 4, None, 3, True, False)
     assert queries[0].tolist() == [3, 0, 0] and queries[1].tolist() == [2, 0, 0] and keys[1].tolist() == [3, 0, 0]
-    raster = checkpoint.load_infinity(str(ROOT / "models" / "infinity" / "boundless_world_text.safetensors"))
+    raster = checkpoint.load_infinity(str(ROOT / "models" / "infinity" / "boundless_world_video_text.safetensors"))
     assert not raster.config.mirrored_scan and all(raster.scan(i) is None for i in range(4))
     assert "mirrored_scan" not in raster.config.to_json()
 
