@@ -327,6 +327,10 @@ def main(argv=None) -> dict:
               "reference": {
                   "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
                   "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),
+                  # the pictures themselves: the round-trip's horizontal step is content the tokenizer
+                  # sharpens (BENCHMARKS.md "What the horizontal round-trip ratio is"), not a seam
+                  "rendered_seam_horizontal": round(metrics.seam_ratio([to_tensor(image) for _, image, _ in real],
+                                                                       patch_px, "horizontal"), 3),
                   "round_trip_seam_vertical_90ci": [round(v, 3) for v in
                                                     metrics.seam_ratio_interval(round_trips, patch_px, "vertical")],
                   "round_trip_seam_vertical_vs_token_boundaries": round(

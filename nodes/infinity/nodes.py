@@ -355,7 +355,7 @@ class InfinityOutpaintStep(io.ComfyNode):
                 logging.warning("[Boundless] this NUWA-Infinity model reads every patch in raster order, so patches "
                                 "added to the left or above start on the side away from the picture and may "
                                 "seam where they meet it; models trained with --mirrored-scan (the world "
-                                "panorama model) do not (README: mirrored scan)")
+                                "panorama and text models) do not (README: mirrored scan)")
         return io.NodeOutput(_run_on_copy(model, planned, seed, temperature, top_k, preview_vqgan, text, draws,
                                           text_guidance, neighbour_guidance, edge_temperature, top_p, min_p,
                                           close_candidates))
