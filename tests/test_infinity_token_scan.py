@@ -133,3 +133,19 @@ def test_a_mirrored_scan_ends_leftward_rows_where_the_neighbour_starts_and_raste
     assert mirrored["inside"] < 0.05 and raster["inside"] < 0.05, (mirrored, raster)   # both learn the walk
     assert mirrored["across"] < 0.12, mirrored
     assert raster["across"] > 0.3, raster
+
+
+@pytest.mark.parametrize("order", ("left", "up"))
+@pytest.mark.parametrize("radius", (0, 1))
+def test_video_models_with_frame_alignment_read_mirrored_patches_alike_in_every_decoder(order, radius):
+    """Frame alignment hands each token position the previous frame's state of its place; in a mirrored
+    scan that place moves with the scan, in one pass, token by token and in the static decoder alike."""
+    video = config.Extents(1, 1, 1)
+    model = mirrored_model(7, trained_extents=video, frame_align=True, align_radius=radius)
+    canvases = [sampler.generate_canvas(model, 3, 2, frames=2, order=order, extents=video, seed=2, top_k=8,
+                                        **options).tokens
+                for options in ({"use_kv_cache": True}, {"use_kv_cache": False}, {"decoder": "static"})]
+    assert torch.equal(canvases[0], canvases[1]) and torch.equal(canvases[0], canvases[2])
+    raster = mirrored_model(7, trained_extents=video, frame_align=True, align_radius=radius, mirrored_scan=False)
+    assert not torch.equal(sampler.generate_canvas(raster, 3, 2, frames=2, order=order, extents=video, seed=2,
+                                                   top_k=8).tokens, canvases[0])
