@@ -157,3 +157,24 @@ def test_candidates_go_with_guidance_and_per_row_prompts(options):
     assert stats.closed == 2
     assert torch.equal(plain.tokens[..., :12], closed.tokens[..., :12])
     assert not torch.equal(plain.tokens[..., 12:], closed.tokens[..., 12:])
+
+
+def test_video_loops_close_in_every_frame_and_the_decoders_agree():
+    """A 360° clip of a frame-aligned model: the last column closes in each frame (its patches ahead are
+    scored with their previous frame in context, as they were drawn), the same in every decoder."""
+    video = config.Extents(1, 1, 1)
+    model = tiny(5, trained_extents=video, frame_align=True)
+    clips = []
+    for decoder in ("dynamic", "static"):
+        state = sampler.plan_fill(sampler.empty_state(model, 4, 2, 2, 1, video, True), "right")
+        stats = sampler.run(model, state, seed=1, top_k=8, close_candidates=3, decoder=decoder)
+        assert stats.closed == 4
+        clips.append(state.tokens)
+    assert torch.equal(clips[0], clips[1])
+    pool = ncp.NearbyContextPool(geometry.Region.whole(2, 2, 4), video, wrap=True)
+    cache = ncp.PatchCache(torch.zeros(2, 1, 12, 32))
+    for pos in [(f, r, c) for f in range(2) for r in range(2) for c in range(4) if (f, c) != (1, 3)]:
+        pool.add(pos, cache)
+    context = closing.scoring_context(pool, (1, 0, 0), (1, 0, 3), cache, "right")
+    assert {item.pos for item in context} == {(1, 0, 3), (0, 0, 0), (0, 0, 3), (0, 1, 0), (0, 1, 3),
+                                              (0, 0, 1), (0, 1, 1)}

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from ..common.draws import Draws
+from ..common.errors import BoundlessError
 from .adc import ORDERS
 from .geometry import PatchPos, read_patch
 from .model import InfinityTransformer
@@ -41,7 +42,7 @@ def is_ahead(offset: Offset, order: str) -> bool:
     """Whether a patch at ``offset`` (same frame) comes after the current one in ``order``'s scan of a
     plain (not wrapped) canvas, i.e. lies on the side the scan has not reached yet."""
     if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}")
+        raise BoundlessError(f"unknown patch order {order!r}; use one of {', '.join(ORDERS)}")
     return offset[2] == 0 and _scan_key(offset, order) > (0, 0)
 
 
@@ -60,12 +61,12 @@ def _rows(cache: PatchCache, rows: int) -> PatchCache:
 def scoring_context(pool: NearbyContextPool, successor: PatchPos, pos: PatchPos, candidates: PatchCache,
                     order: str) -> list[ContextItem]:
     """The context of ``successor`` as if it were drawn after the patch at ``pos``: the finished patches
-    of its window behind it in ``order``, with ``candidates`` (``[depth, N·B, T, dim]``) at ``pos``.
-    Every cache is repeated to the candidates' rows."""
+    of its window behind it in ``order`` (earlier frames included), with ``candidates``
+    (``[depth, N·B, T, dim]``) at ``pos``. Every cache is repeated to the candidates' rows."""
     rows = candidates.hidden.shape[1]
     context = []
     for other, offset in pool.window(successor):
-        if offset[2] != 0 or is_ahead(offset, order):
+        if is_ahead(offset, order):
             continue
         if other == pos:
             context.append(ContextItem(other, offset, candidates))
