@@ -152,6 +152,16 @@ def infinity(device, dtype, tiny: bool, repeats: int) -> dict:
         if device.type == "cuda":
             row["host_syncs_per_token"] = round(count_cuda_syncs(run) / tokens, 3)
         out[f"draws_{mode.replace(' ', '_')}"] = row
+    for candidates in (1, 8):          # a 360° canvas: its last column drawn once, or as 8 candidates
+        def run_wrap():
+            sampler.generate_canvas(model, 3, rows, order="right", wrap=True, seed=0, top_k=64,
+                                    close_candidates=candidates)
+        row = {}
+        with peak_memory(device, row):
+            row["seconds_per_canvas"] = round(timed(run_wrap, device, repeats), 4)
+        if device.type == "cuda":
+            row["host_syncs_per_token"] = round(count_cuda_syncs(run_wrap) / (3 * rows * config.tokens_per_patch), 3)
+        out[f"wrap_close_candidates_{candidates}"] = row
     return out
 
 

@@ -10,7 +10,8 @@ For each model given (``--model NAME=PATH``, default the shipped panorama demo m
   pairs across boundaries vs inside patches (reference: the codes of the training pictures), FED/KID
   of 256-px crops against crops of the held-out pictures; and ``--wrap-canvases``
   360° canvases, decoded rolled by half their width: the step at the wrap seam ÷ the step at the
-  other token boundaries.
+  other token boundaries (their last column drawn as ``--close-candidates`` candidates, the nodes'
+  default 8; ``bench/infinity_wrap.py`` measures that seam on more canvases).
 * **Outpainting** of the held-out right quarter of the demo's pictures (``train_infinity_demo.HELD_OUT``;
   both sky panoramas at both training sizes, each also mirrored so that it is outpainted to the left):
   4 patch columns of context, encoded alone as a user's picture is (seeing ``--context-mirror`` px of its
@@ -263,6 +264,9 @@ def main(argv=None) -> dict:
                    help="outpainting: px of mirror image the tokenizer sees past the context's cut (VQGAN Encode's "
                         "outpaint_sides, as the outpainting workflows set it); 0 = encode the context plainly")
     p.add_argument("--first-seed", type=int, default=0, help="first seed of canvases, wrap canvases and outpainting")
+    p.add_argument("--close-candidates", type=int, default=8,
+                   help="close_candidates of the 360° canvases (the nodes' default 8; 1 = each patch drawn once, "
+                        "as before session 17)")
     p.add_argument("--timing-only", action="store_true", help="only the interleaved seconds per patch")
     args = p.parse_args(argv)
     SAMPLING.update(temperature=args.temperature, top_k=args.top_k)
@@ -323,7 +327,8 @@ def main(argv=None) -> dict:
                          "max_crops": args.max_crops,
                          "threads": args.threads, "patch_px": patch_px,
                          "neighbour_guidance": scales, "edge_temperature": edges, "cuts": args.cuts,
-                         "first_seed": args.first_seed, "context_mirror_px": args.context_mirror},
+                         "first_seed": args.first_seed, "context_mirror_px": args.context_mirror,
+                         "close_candidates": args.close_candidates},
               "reference": {
                   "round_trip_seam_vertical": round(metrics.seam_ratio(round_trips, patch_px, "vertical"), 3),
                   "round_trip_seam_horizontal": round(metrics.seam_ratio(round_trips, patch_px, "horizontal"), 3),
@@ -400,7 +405,7 @@ def main(argv=None) -> dict:
         wrap_ratios = []
         for seed in seeds(args.wrap_canvases):
             state = sampler.generate_canvas(model, 8, 2, order="right", extents=EXTENTS, wrap=True, seed=seed,
-                                            **SAMPLING, **options)
+                                            close_candidates=args.close_candidates, **SAMPLING, **options)
             rolled = state.tokens[0, 0].roll(4 * pw, dims=-1)            # the 360° seam moves to the middle
             wrap_ratios.append(junction_ratio(tok.decode(rolled), 4 * patch_px, vqgan.factor))
         if wrap_ratios:

@@ -24,6 +24,7 @@ def test_the_gpu_benchmark_runs_end_to_end_at_tiny_sizes(capsys):
     for mode in ("draws_model_device", "draws_cpu"):
         row = report["infinity"]["fp32"][mode]
         assert row["tokens_per_s"] > 0 and abs(row["patches_per_s"] * 16 - row["tokens_per_s"]) < 1
+    assert all(report["infinity"]["fp32"][f"wrap_close_candidates_{n}"]["seconds_per_canvas"] > 0 for n in (1, 8))
     assert report["csa"]["fp32"]["tiny"]["overhead"] > 0
     half = run(capsys, "--dtypes", "bf16", "--systems", "infinity,csa")
     assert half["infinity"]["bf16"]["draws_model_device"]["tokens_per_s"] > 0

@@ -198,3 +198,20 @@ def test_csa_waits_at_most_once_per_model_call_and_keeps_the_bank_off_the_device
     assert bank.entries and all(k.device.type == "cpu" and v.device.type == "cpu" for k, v in bank.entries.values())
     for ours, theirs in zip(outs, reference):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_closing_a_360_loop_never_waits_per_token():
+    """Candidates of the closing column are rows of one batch, scored and chosen on the device: the token
+    loop still never reads back, and a patch is read back once when it is committed."""
+    counters = []
+    for patch in (2, 4):
+        model = tiny_model(patch_h=patch, patch_w=patch)
+        with torch.no_grad(), StandInDevice() as dev:
+            model.to(STANDIN)
+            dev.reset()
+            state = infinity_sampler.plan_fill(infinity_sampler.empty_state(model, 3, 2, wrap=True), "right")
+            stats = infinity_sampler.run(model, state, seed=5, top_k=8, close_candidates=4)
+        assert stats.closed == 2
+        counters.append(dev)
+    assert counters[0].syncs == counters[1].syncs, (counters[0].report(), counters[1].report())
+    assert sum(n for where, n in counters[1].where.items() if "sampler.py" in where) == 6, counters[1].report()
