@@ -289,7 +289,7 @@ class InfinityGenerateCanvas(io.ComfyNode):
                                            "(best for wide canvases: the NCP holds about one column), 'down' "
                                            "row by row from the top (tall canvases); 'left'/'up' mirror them. "
                                            "'left'/'up' need a model trained with mirrored scan (the world "
-                                           "panorama model is): older models start each patch on the side away "
+                                           "panorama and text models are): older models start each patch on the side away "
                                            "from its finished neighbour and seam there."),
                     io.Int.Input("batch", default=1, min=1, max=64, tooltip="Canvases generated side by side."),
                     *_extent_inputs(),
