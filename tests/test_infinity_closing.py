@@ -178,3 +178,30 @@ def test_video_loops_close_in_every_frame_and_the_decoders_agree():
     context = closing.scoring_context(pool, (1, 0, 0), (1, 0, 3), cache, "right")
     assert {item.pos for item in context} == {(1, 0, 3), (0, 0, 0), (0, 0, 3), (0, 1, 0), (0, 1, 3),
                                               (0, 0, 1), (0, 1, 1)}
+
+
+def test_a_run_interrupted_inside_a_closing_patch_resumes_to_the_same_canvas(tmp_path):
+    """Candidates draw from streams seeded by the patch, so a closing patch interrupted between its tokens
+    is drawn again, the same, from a saved state."""
+    model = tiny(6)
+    reference, _ = wrap_canvas(model, "right", close_candidates=4)
+    state = sampler.plan_fill(sampler.empty_state(model, 4, 2, 1, 1, EXTENTS, True), "right")
+
+    class Interrupt(Exception):
+        pass
+
+    tokens = 12
+    stop = 6 * tokens + 5                        # the 5th token of the 7th patch, the first closing one
+
+    def progress(done, total, preview=None):
+        if done == stop:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        sampler.run(model, state, seed=3, top_k=8, close_candidates=4, progress=progress, progress_unit="token")
+    assert state.step == 6
+    path = str(tmp_path / "state.safetensors")
+    state.save(path)
+    resumed = state.load(path)
+    stats = sampler.run(model, resumed, seed=3, top_k=8, close_candidates=4)
+    assert stats.closed == 2 and torch.equal(resumed.tokens, reference.tokens)
