@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
     print(json.dumps(result), flush=True)
     variants = {f"{name}@c{n}": (iq.checkpoint.load_infinity(path).eval(), int(n))
                 for name, path in models.items() for n in args.close_candidates.split(",")}
+    closing_edge = half_px + patch_px if args.order == "left" else half_px - patch_px   # its other side
     found = {variant: {"ratios": [], "closing_edge": [], "images": [], "closed": 0, "seconds": 0.0}
              for variant in variants}
     for seed in range(args.first_seed, args.first_seed + args.canvases):
@@ -90,7 +91,6 @@ def main(argv=None) -> dict:
             entry["seconds"] += time.perf_counter() - started
             image = tok.decode(state.tokens[0, 0].roll(COLS * pw // 2, dims=-1))
             entry["ratios"].append(iq.junction_ratio(image, half_px, tok.vqgan.factor))
-            closing_edge = half_px + patch_px if args.order == "left" else half_px - patch_px
             entry["closing_edge"].append(iq.junction_ratio(image, closing_edge, tok.vqgan.factor))
             entry["images"].append(image)
     for variant, entry in found.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infinity_tiny import one_thread  # noqa: F401 (autouse fixture)
+from infinity_tiny import one_thread, tiny_model  # noqa: F401 (autouse fixture)
 from packpath import pack_module
 
 closing = pack_module("nodes.infinity.closing")
@@ -22,11 +22,8 @@ SEED = 9                # a seed whose best candidates are not candidate 0 (asse
 
 
 def tiny(seed: int = 0, **overrides) -> model_mod.InfinityTransformer:
-    values = dict(n_embed=32, dim=32, depth=2, heads=4, mlp_dim=64, patch_h=3, patch_w=4, trained_extents=EXTENTS,
-                  rope_base=100, mirrored_scan=True)
-    values.update(overrides)
-    torch.manual_seed(seed)
-    return model_mod.InfinityTransformer(config.InfinityConfig(**values)).eval()
+    values = dict(n_embed=32, patch_h=3, patch_w=4, trained_extents=EXTENTS, rope_base=100, mirrored_scan=True)
+    return tiny_model(seed, **{**values, **overrides})
 
 
 def wrap_canvas(model, order: str, batch: int = 1, **options):

@@ -19,12 +19,11 @@ BENCHMARKS.md "Closing the 360° loop".)
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Optional
 
 import torch
 
-from ..common.draws import Draws
+from ..common.draws import Draws, stream_seed
 from ..common.errors import BoundlessError
 from .adc import ORDERS
 from .geometry import PatchPos, read_patch
@@ -108,8 +107,7 @@ def best_candidates(score_n: torch.Tensor, batch: int) -> torch.Tensor:
 
 def candidate_seed(seed: int, k: int) -> int:
     """The random stream of candidate ``k`` > 0 of a patch whose own stream is seeded ``seed``."""
-    digest = hashlib.sha256(f"{seed}:candidate:{k}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return stream_seed(seed, "candidate", k)
 
 
 class CandidateDraws:

@@ -15,13 +15,12 @@ device: sampling is top-k, softmax and an exponential-race draw, all on the devi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from typing import Callable, Optional, Union
 
 import torch
 
-from ..common.draws import MODEL_DEVICE, Draws
+from ..common.draws import MODEL_DEVICE, Draws, stream_seed
 from ..common.errors import BoundlessError
 from ..common.progress import Progress, no_progress
 from . import closing
@@ -59,8 +58,7 @@ class RunStats:
 
 def patch_seed(seed: int, pos: PatchPos) -> int:
     """A 63-bit seed for one patch, stable across runs, resumes and machines."""
-    digest = hashlib.sha256(f"{seed}:{pos[0]}:{pos[1]}:{pos[2]}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return stream_seed(seed, *pos)
 
 
 def sample_token(logits_bv: torch.Tensor, draws: Draws, temperature: float, top_k: int, top_p: float = 1.0,
